@@ -1,0 +1,66 @@
+"""What every command-line entry point shares: one-line errors with exit status 2.
+
+Bad input is reported as ``PROG: error: WHAT (WHERE)`` on stderr with exit
+status 2, never a traceback. SIGTERM is turned into an exception so that
+``finally`` blocks remove temporary files before the process exits (143).
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Callable, Optional, Sequence
+
+EXIT_USAGE = 2
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, exit status 2."""
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives (a BaseException so that
+    ``except Exception`` blocks do not swallow it)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a single-line error instead of usage + error."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's API
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(EXIT_USAGE)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], prog: str,
+             argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``main(argv)`` and map failures to exit statuses and one-line messages."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return main(argv) or 0
+    except UsageError as err:
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted; no finished output was written\n")
+        return EXIT_SIGINT
+    except Terminated:
+        sys.stderr.write(f"{prog}: terminated; no finished output was written\n")
+        return EXIT_SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,1 @@
+"""Data layer: RecordIO writing/reading shared with data_prep, loaders, demo data."""

@@ -1,0 +1,370 @@
+"""Pass-through RecordIO sets: ``PREFIX.lst``, ``PREFIX.rec``, ``PREFIX.idx``.
+
+The record format is MXNet's own (``mx.recordio``): every record is an
+``IRHeader(flag=0, label, id=index, id2=0)`` followed by the image file bytes.
+The ``.lst`` file uses im2rec's format, ``index<TAB>label<TAB>relative/path``
+with the label printed as ``%f``. Alongside live ``PREFIX.classes.txt`` (one
+class name per line, the line number is the label), ``PREFIX.skipped.txt``
+(``path<TAB>reason`` per input that was not written) and ``PREFIX.prep.json``
+(the summary, validated against report_schema/).
+
+All of these are written under temporary names and renamed into place by
+``RecordSetWriter.commit``; the ``.idx`` is renamed last, so a set whose
+``.idx`` exists is complete.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import mxnet as mx
+
+from ..cli import UsageError
+from ..files import fsync_dir, fsync_path, partial_path, remove_stale_partials
+from ..report.schema import validate_report
+
+# dmlc-core RecordIO: every record part starts with this magic word, then a
+# uint32 whose top 3 bits are the continuation flag and low 29 bits the length
+# in bytes; parts are padded to 4 bytes.
+RECORDIO_MAGIC = 0xCED7230A
+_PART_HEADER = struct.Struct("<II")
+
+# Renamed in this order by commit(): the .idx last marks a complete set.
+OUTPUT_SUFFIXES = (".lst", ".classes.txt", ".skipped.txt", ".prep.json", ".rec", ".idx")
+
+
+def prefix_path(prefix: Path, suffix: str) -> Path:
+    return prefix.with_name(prefix.name + suffix)
+
+
+def format_list_line(index: int, label: float, rel_path: str) -> str:
+    return f"{index}\t{float(label):f}\t{rel_path}\n"
+
+
+def parse_list_line(line: str, where: str) -> tuple[int, float, str]:
+    parts = line.rstrip("\n").split("\t")
+    if len(parts) < 3:
+        raise UsageError(f"{where}: expected 'index<TAB>label<TAB>path', got {line.strip()!r}")
+    try:
+        return int(parts[0]), float(parts[1]), parts[-1]
+    except ValueError:
+        raise UsageError(f"{where}: expected 'index<TAB>label<TAB>path', got {line.strip()!r}")
+
+
+def existing_outputs(prefix: Path) -> List[Path]:
+    return [p for p in (prefix_path(prefix, s) for s in OUTPUT_SUFFIXES) if p.exists()]
+
+
+class RecordSetWriter:
+    """Write one RecordIO set; nothing appears under the final names before commit().
+
+    Use as a context manager: leaving the block by an exception (or SIGTERM,
+    see cli.run_main) removes every temporary file.
+    """
+
+    def __init__(self, prefix: Path, overwrite: bool = False):
+        self.prefix = Path(prefix)
+        self.overwrite = overwrite
+        found = existing_outputs(self.prefix)
+        if found and not overwrite:
+            raise UsageError(f"{found[0]} already exists; pass --overwrite to replace it")
+        finals = [prefix_path(self.prefix, s) for s in OUTPUT_SUFFIXES]
+        remove_stale_partials(finals)
+        self._tmp: Dict[str, Path] = {s: partial_path(prefix_path(self.prefix, s)) for s in OUTPUT_SUFFIXES}
+        self._records = mx.recordio.MXIndexedRecordIO(
+            str(self._tmp[".idx"]), str(self._tmp[".rec"]), "w")
+        self._list = open(self._tmp[".lst"], "w", encoding="utf-8")
+        self.count = 0
+        self.payload_bytes = 0
+        self.label_counts: Counter = Counter()
+        self._done = False
+
+    def write(self, label: int, payload: bytes, rel_path: str) -> int:
+        """Append one record; returns its index (consecutive from 0)."""
+        index = self.count
+        header = mx.recordio.IRHeader(0, float(label), index, 0)
+        self._records.write_idx(index, mx.recordio.pack(header, payload))
+        self._list.write(format_list_line(index, label, rel_path))
+        self.count += 1
+        self.payload_bytes += len(payload)
+        self.label_counts[int(label)] += 1
+        return index
+
+    def commit(self, side_files: Dict[str, str]) -> None:
+        """Write the side files (suffix -> text) and rename everything into place."""
+        self._records.close()
+        self._list.close()
+        for suffix, text in side_files.items():
+            if suffix not in self._tmp:
+                raise ValueError(f"unknown side file suffix {suffix}")
+            with open(self._tmp[suffix], "w", encoding="utf-8") as handle:
+                handle.write(text)
+        for suffix in OUTPUT_SUFFIXES:
+            if not self._tmp[suffix].exists():
+                # A side file the caller did not provide: write it empty so that
+                # no stale file of an older set survives an --overwrite.
+                self._tmp[suffix].touch()
+            fsync_path(self._tmp[suffix])
+        idx_final = prefix_path(self.prefix, ".idx")
+        # Drop the old completion mark first: a kill during the renames below
+        # must not leave an old .idx beside a new .rec.
+        idx_final.unlink(missing_ok=True)
+        fsync_dir(self.prefix.parent)
+        for suffix in OUTPUT_SUFFIXES:
+            os.replace(self._tmp[suffix], prefix_path(self.prefix, suffix))
+        fsync_dir(self.prefix.parent)
+        self._done = True
+
+    def finish(self, *, tool: str, source: str, classes: Sequence[str], options: dict,
+               seconds: float, skipped: Sequence[tuple[str, str]] = ()) -> dict:
+        """Commit the set with its side files; returns the summary (PREFIX.prep.json)."""
+        summary = {
+            "schema_version": 1,
+            "kind": "data_prep",
+            "tool": tool,
+            "source": source,
+            "out_prefix": str(self.prefix),
+            "images_written": self.count,
+            "images_skipped": len(skipped),
+            "classes": list(classes),
+            "per_class": [self.label_counts.get(i, 0) for i in range(len(classes))],
+            "payload_bytes": self.payload_bytes,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(self.count / seconds, 1) if seconds > 0 else None,
+            "options": options,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        validate_report(summary, "data_prep_report")
+        self.commit({
+            ".classes.txt": "".join(f"{name}\n" for name in classes),
+            ".skipped.txt": "".join(f"{path}\t{reason}\n" for path, reason in skipped),
+            ".prep.json": json.dumps(summary, indent=2) + "\n",
+        })
+        return summary
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        try:
+            self._records.close()
+            self._list.close()
+        finally:
+            for tmp in self._tmp.values():
+                tmp.unlink(missing_ok=True)
+            self._done = True
+
+    def __enter__(self) -> "RecordSetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.abort()
+
+
+def format_summary(summary: dict) -> str:
+    per_class = summary["per_class"]
+    lines = [
+        f"{summary['out_prefix']}: {summary['images_written']} images written, "
+        f"{summary['images_skipped']} skipped, {summary['payload_bytes'] / 1e6:.1f} MB of image data, "
+        f"{summary['seconds']:.1f} s ({summary['images_per_second']} img/s)",
+    ]
+    names = summary["classes"]
+    if len(names) <= 20:
+        lines.append("per class: " + ", ".join(f"{n}={c}" for n, c in zip(names, per_class)))
+    else:
+        lines.append(f"per class ({len(names)} classes): min {min(per_class)}, max {max(per_class)}, "
+                     f"mean {sum(per_class) / len(per_class):.1f}")
+    empty = [n for n, c in zip(names, per_class) if c == 0]
+    if empty:
+        lines.append(f"warning: {len(empty)} classes have no images: {', '.join(empty[:10])}")
+    if summary["images_skipped"]:
+        lines.append(f"skipped files are listed in {summary['out_prefix']}.skipped.txt")
+    return "\n".join(lines)
+
+
+def read_classes(prefix: Path) -> Optional[List[str]]:
+    path = prefix_path(prefix, ".classes.txt")
+    if not path.exists():
+        return None
+    return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class BadRecordSet(UsageError):
+    """A .rec/.idx pair that fails verification; ``index`` is the first bad key."""
+
+    def __init__(self, message: str, index: Optional[int] = None):
+        super().__init__(message)
+        self.index = index
+
+
+@dataclass
+class VerifyResult:
+    records: int
+    rec_bytes: int
+    label_counts: Dict[int, int]
+    classes: Optional[List[str]]
+    decoded: int = 0
+    notes: List[str] = field(default_factory=list)
+
+
+def read_index_file(idx_path: Path) -> List[tuple[int, int]]:
+    """Parse ``key<TAB>offset`` lines, naming the first malformed line."""
+    entries = []
+    with open(idx_path, encoding="utf-8", errors="replace") as handle:
+        for line_no, line in enumerate(handle, 1):
+            parts = line.split("\t")
+            try:
+                if len(parts) != 2:
+                    raise ValueError
+                entries.append((int(parts[0]), int(parts[1])))
+            except ValueError:
+                raise BadRecordSet(f"{idx_path}:{line_no}: malformed index line {line.strip()[:60]!r}")
+    return entries
+
+
+def verify_record_set(prefix: Path, decode: bool = False,
+                      num_classes: Optional[int] = None) -> VerifyResult:
+    """Check a ``.rec/.idx`` pair record by record; raise BadRecordSet at the first fault.
+
+    Checks: every offset in the .idx points at a record header inside the .rec;
+    the records tile the .rec exactly (nothing unindexed, nothing overlapping);
+    each header's id equals its key; labels are whole numbers in
+    ``[0, num_classes)`` (class count from PREFIX.classes.txt unless given);
+    the .lst, when present, agrees with the headers; with ``decode`` every
+    payload decodes with OpenCV (the decoder ImageRecordIter uses).
+    """
+    prefix = Path(prefix)
+    rec_path, idx_path = prefix_path(prefix, ".rec"), prefix_path(prefix, ".idx")
+    for path in (rec_path, idx_path):
+        if not path.is_file():
+            raise BadRecordSet(f"{path} does not exist")
+    classes = read_classes(prefix)
+    if num_classes is None and classes is not None:
+        num_classes = len(classes)
+    entries = read_index_file(idx_path)
+    if not entries:
+        raise BadRecordSet(f"{idx_path} lists no records")
+    rec_size = rec_path.stat().st_size
+    keys_seen = set()
+    for key, offset in entries:
+        if key in keys_seen:
+            raise BadRecordSet(f"{idx_path}: key {key} appears twice", key)
+        keys_seen.add(key)
+        if not 0 <= offset <= rec_size - _PART_HEADER.size:
+            raise BadRecordSet(f"record {key}: offset {offset} lies outside {rec_path} ({rec_size} bytes)", key)
+
+    expected_labels = _read_list_labels(prefix)
+    if decode:
+        import cv2
+        import numpy as np
+
+    label_counts: Counter = Counter()
+    decoded = 0
+    reader = mx.recordio.MXIndexedRecordIO(str(idx_path), str(rec_path), "r")
+    try:
+        with open(rec_path, "rb") as raw:
+            expected_offset = 0
+            for key, offset in sorted(entries, key=lambda e: e[1]):
+                if offset != expected_offset:
+                    gap = "unindexed bytes" if offset > expected_offset else "overlapping records"
+                    raise BadRecordSet(f"record {key}: starts at byte {offset}, expected {expected_offset} ({gap} in {rec_path})", key)
+                end = _record_end(raw, offset, rec_size)
+                if end is None:
+                    raise BadRecordSet(f"record {key}: no valid record at byte {offset} of {rec_path}", key)
+                try:
+                    record = reader.read_idx(key)
+                except mx.base.MXNetError:
+                    raise BadRecordSet(f"record {key}: truncated or corrupted data at byte {offset} of {rec_path}", key)
+                if record is None:
+                    raise BadRecordSet(f"record {key}: truncated data at byte {offset} of {rec_path}", key)
+                expected_offset = end
+                try:
+                    header, payload = mx.recordio.unpack(record)
+                except (struct.error, ValueError):
+                    raise BadRecordSet(f"record {key}: too short for an image record header", key)
+                label = _check_label(key, header, num_classes)
+                if header.id != key:
+                    raise BadRecordSet(f"record {key}: header id is {header.id}, expected {key}", key)
+                if expected_labels is not None:
+                    listed = expected_labels.get(key)
+                    if listed is None or listed != label:
+                        raise BadRecordSet(f"record {key}: label {label} but the .lst says {listed}", key)
+                if decode:
+                    image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+                    if image is None:
+                        raise BadRecordSet(f"record {key}: payload of {len(payload)} bytes does not decode as an image", key)
+                    decoded += 1
+                label_counts[label] += 1
+            if expected_offset != rec_size:
+                raise BadRecordSet(f"{rec_path}: {rec_size - expected_offset} bytes after the last indexed record (the .idx does not cover the .rec)")
+    finally:
+        reader.close()
+    if expected_labels is not None and len(expected_labels) != len(entries):
+        raise BadRecordSet(f"{prefix_path(prefix, '.lst')}: {len(expected_labels)} lines for {len(entries)} records")
+    return VerifyResult(records=len(entries), rec_bytes=rec_size, label_counts=dict(label_counts),
+                        classes=classes, decoded=decoded)
+
+
+def _record_end(raw, offset: int, file_size: int) -> Optional[int]:
+    """Byte just past the record starting at ``offset``, or None when the part
+    headers there are not a well-formed record inside the file. A record is
+    one part (flag 0) or a start part (1), middle parts (2) and an end part (3):
+    dmlc-core splits payloads that contain the magic word."""
+    position, expect = offset, (0, 1)
+    while True:
+        raw.seek(position)
+        head = raw.read(_PART_HEADER.size)
+        if len(head) < _PART_HEADER.size:
+            return None
+        magic, length_word = _PART_HEADER.unpack(head)
+        flag, length = length_word >> 29, length_word & ((1 << 29) - 1)
+        if magic != RECORDIO_MAGIC or flag not in expect:
+            return None
+        position += _PART_HEADER.size + (length + 3) // 4 * 4
+        if position > file_size:
+            return None
+        if flag in (0, 3):
+            return position
+        expect = (2, 3)
+
+
+def _check_label(key: int, header, num_classes: Optional[int]) -> int:
+    label = header.label
+    if header.flag != 0:
+        raise BadRecordSet(f"record {key}: has {header.flag} labels, expected a single label", key)
+    if not math.isfinite(label) or label != int(label) or label < 0:
+        raise BadRecordSet(f"record {key}: label {label} is not a class index", key)
+    if num_classes is not None and label >= num_classes:
+        raise BadRecordSet(f"record {key}: label {int(label)} is outside the {num_classes} classes", key)
+    return int(label)
+
+
+def _read_list_labels(prefix: Path) -> Optional[Dict[int, int]]:
+    lst_path = prefix_path(prefix, ".lst")
+    if not lst_path.exists():
+        return None
+    labels = {}
+    with open(lst_path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            index, label, _ = parse_list_line(line, f"{lst_path}:{line_no}")
+            labels[index] = int(label)
+    return labels
+
+
+def iter_records(prefix: Path, keys: Optional[Sequence[int]] = None):
+    """Yield ``(key, IRHeader, payload)`` in index order (or for ``keys``)."""
+    prefix = Path(prefix)
+    reader = mx.recordio.MXIndexedRecordIO(
+        str(prefix_path(prefix, ".idx")), str(prefix_path(prefix, ".rec")), "r")
+    try:
+        for key in (reader.keys if keys is None else keys):
+            header, payload = mx.recordio.unpack(reader.read_idx(key))
+            yield key, header, payload
+    finally:
+        reader.close()

@@ -1,0 +1,95 @@
+"""Crash-safe file output: temporary names, fsync, rename into place.
+
+A file is written as ``.NAME.partial-PID`` beside its final path and renamed
+only when complete, so a killed process never leaves a finished-looking file.
+Leftovers of killed writers are recognised by their pattern and removed once
+their process is gone.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)$")
+
+
+def partial_path(final: Path) -> Path:
+    """Temporary name of ``final`` for this process, in the same folder (so the
+    rename is atomic on one file system)."""
+    return final.with_name(f".{final.name}.partial-{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(final_paths: Iterable[Path]) -> list[Path]:
+    """Delete partial files of the given outputs left by processes that died."""
+    removed = []
+    for final in final_paths:
+        for candidate in final.parent.glob(f".{final.name}.partial-*"):
+            match = _PARTIAL.match(candidate.name)
+            if match and match["name"] == final.name and not _pid_alive(int(match["pid"])):
+                candidate.unlink(missing_ok=True)
+                removed.append(candidate)
+    return removed
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames in ``folder`` durable (best effort where unsupported)."""
+    try:
+        fsync_path(folder)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EACCES, errno.EISDIR):
+            raise
+
+
+def write_text_atomic(final: Path, text: str) -> None:
+    tmp = partial_path(final)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(final.parent)
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Raise UsageError unless files can be created in ``folder``.
+
+    Tries to create a file rather than trusting ``os.access``, which says yes
+    to root even on read-only mounts."""
+    from .cli import UsageError
+
+    if not folder.exists():
+        raise UsageError(f"{what}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UsageError(f"{what}: {folder} is not a folder")
+    probe = folder / f".visionbench-write-test-{os.getpid()}"
+    try:
+        with open(probe, "w"):
+            pass
+    except OSError as err:
+        raise UsageError(f"{what}: folder {folder} is not writable ({err.strerror})")
+    probe.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Reports: JSON records validated against report_schema/."""
