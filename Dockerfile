@@ -1,0 +1,21 @@
+# GPU image: CUDA 11.8 runtime + cuDNN 8 (what mxnet-cu112 1.9.1 links against),
+# Ubuntu 22.04's Python 3.10, and the suite installed with its `gpu` extra.
+#   docker build -t visionbench .
+#   docker run --gpus all --ipc=host -v /data/imagenet:/data visionbench \
+#       ./runner -n 8 -b 208 --dtype float16 --data-root /data
+FROM nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04
+
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-pip libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /workspace/visionbench
+COPY . .
+# Editable install: report_schema/ and the entry scripts stay in this folder.
+RUN python3 -m pip install -e ".[gpu]"
+# Fail the build if pip resolved anything but the pinned versions (pyproject.toml).
+RUN python3 -c "from importlib.metadata import version as v; \
+assert v('mxnet-cu112') == '1.9.1', v('mxnet-cu112'); \
+assert v('nvidia-dali-cuda110') == '1.34.0', v('nvidia-dali-cuda110'); \
+assert v('numpy') == '1.23.5', v('numpy')"
