@@ -54,7 +54,9 @@ def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], prog: str
     try:
         return main(argv) or 0
     except UsageError as err:
-        sys.stderr.write(f"{prog}: error: {err}\n")
+        # One line, whatever the message (library errors can span several).
+        text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        sys.stderr.write(f"{prog}: error: {text}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted; no finished output was written\n")

@@ -37,6 +37,8 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "scalar"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(str, 'latin1').
+    ("_codecs", "encode"),
 }
 
 
@@ -61,8 +63,10 @@ class Cifar10Source:
         else:
             try:
                 self._tar = tarfile.open(self.path, "r:*")
-            except (tarfile.TarError, OSError) as err:
-                raise UsageError(f"{self.path} is not a CIFAR-10 python tarball ({err})")
+            except tarfile.TarError:
+                raise UsageError(f"{self.path} is not a CIFAR-10 python tarball (not a readable tar archive)")
+            except OSError as err:
+                raise UsageError(f"{self.path} cannot be read ({err.strerror})")
             self._members = {Path(m.name).name: m for m in self._tar.getmembers() if m.isfile()}
 
     def _read(self, name: str) -> bytes:
