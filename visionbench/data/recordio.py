@@ -368,3 +368,81 @@ def iter_records(prefix: Path, keys: Optional[Sequence[int]] = None):
             yield key, header, payload
     finally:
         reader.close()
+
+
+class RecordReader:
+    """Random access to the records of a set by position (0 .. len-1, in .idx
+    order), for the loaders. Construction checks cheaply that the .idx fits
+    its .rec (first and last record well-formed); verify_rec checks it all."""
+
+    def __init__(self, prefix: Path):
+        self.prefix = Path(prefix)
+        self.rec_path, self.idx_path = prefix_path(self.prefix, ".rec"), prefix_path(self.prefix, ".idx")
+        for path in (self.rec_path, self.idx_path):
+            if not path.is_file():
+                raise BadRecordSet(f"{path} does not exist")
+        entries = read_index_file(self.idx_path)
+        if not entries:
+            raise BadRecordSet(f"{self.idx_path} lists no records")
+        rec_size = self.rec_path.stat().st_size
+        by_offset = sorted(entries, key=lambda e: e[1])
+        with open(self.rec_path, "rb") as raw:
+            for key, offset in (by_offset[0], by_offset[-1]):
+                if _record_end(raw, offset, rec_size) is None:
+                    raise BadRecordSet(f"{self.idx_path} does not match {self.rec_path}: "
+                                       f"no valid record {key} at byte {offset} (run verify_rec.py)", key)
+        self.keys = [key for key, _ in entries]
+        self._reader = mx.recordio.MXIndexedRecordIO(str(self.idx_path), str(self.rec_path), "r")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def read(self, position: int) -> tuple[float, bytes]:
+        """(label, image bytes) of the record at ``position``."""
+        key = self.keys[position]
+        try:
+            record = self._reader.read_idx(key)
+        except mx.base.MXNetError:
+            record = None
+        if record is None:
+            raise BadRecordSet(f"record {key} of {self.rec_path} is truncated or corrupted", key)
+        header, payload = mx.recordio.unpack(record)
+        return float(header.label), payload
+
+    def image_sizes(self) -> "np.ndarray":
+        """(width, height) per position, parsed from the image headers once and
+        cached as PREFIX.sizes.npy (rebuilt when the .idx or .rec changes)."""
+        import io
+
+        import numpy as np
+        from PIL import Image, UnidentifiedImageError
+
+        cache = prefix_path(self.prefix, ".sizes.npy")
+        stamp = np.array([self.idx_path.stat().st_size, self.idx_path.stat().st_mtime_ns,
+                          self.rec_path.stat().st_size, self.rec_path.stat().st_mtime_ns], dtype=np.int64)
+        if cache.exists():
+            try:
+                stored = np.load(cache)
+                if stored.shape == (len(self) + 2, 2) and np.array_equal(stored[:2].ravel(), stamp):
+                    return stored[2:].astype(np.int64)
+            except (OSError, ValueError):
+                pass   # unreadable cache: rebuilt below
+        sizes = np.empty((len(self), 2), dtype=np.int64)
+        for position in range(len(self)):
+            _, payload = self.read(position)
+            try:
+                sizes[position] = Image.open(io.BytesIO(payload)).size
+            except (UnidentifiedImageError, OSError) as err:
+                raise BadRecordSet(f"record {self.keys[position]} of {self.rec_path} is not an image ({err})",
+                                   self.keys[position])
+        tmp = partial_path(cache)
+        try:
+            with open(tmp, "wb") as handle:
+                np.save(handle, np.concatenate([stamp.reshape(2, 2), sizes]))
+            os.replace(tmp, cache)
+        except OSError:
+            tmp.unlink(missing_ok=True)   # a read-only dataset folder: no cache, still correct
+        return sizes
+
+    def close(self) -> None:
+        self._reader.close()

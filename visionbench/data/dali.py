@@ -1,0 +1,195 @@
+"""DALI pipelines over pass-through RecordIO, one per device.
+
+Records are read by our own sampler (sampling.py) and fed to DALI through
+``fn.external_source``, so every backend shares one definition of sharding,
+shuffling, padding and rectangular-val ordering, and an epoch is a pure
+function of (seed, epoch, shard). Decoding, augmentation, normalisation, the
+output dtype (float16 included) and layout all happen inside DALI; batches
+reach MXNet through ``nvidia.dali.plugin.mxnet``.
+
+GPU-only lines are confined to ``_placement`` and ``_to_device`` (marked
+GPU-ONLY); they cannot run on the development machines.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from typing import Iterator, List, Optional
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.plugin.mxnet import DALIGenericIterator
+
+from .recordio import BadRecordSet, RecordReader
+from .sampling import RectEpoch, ShardEpoch, derive_seed
+from .spec import RECT_VAL_RESIZE_RATIO, VAL_RESIZE_RATIO, LoaderSpec
+
+_DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
+_DALI_LAYOUTS = {"NCHW": "CHW", "NHWC": "HWC"}
+PREFETCH_DEPTH = 2   # batches DALI prepares ahead of the training step
+
+
+def _placement(backend: str, context) -> tuple[Optional[int], str]:
+    """(DALI device_id, decoder device) for a backend and an MXNet context."""
+    if context.device_type == "gpu":
+        # GPU-ONLY: nvJPEG ("mixed") decoding for dali-gpu; CPU decoding then
+        # a copy to the GPU for dali-cpu.
+        return context.device_id, ("mixed" if backend == "dali-gpu" else "cpu")
+    return None, "cpu"
+
+
+def _to_device(node, context, decode_device: str):
+    if context.device_type == "gpu" and decode_device == "cpu":
+        return node.gpu()   # GPU-ONLY
+    return node
+
+
+class _EpochFeed:
+    """The external source of one device pipeline for one epoch: encoded
+    images, labels and (rect val) per-sample resize/crop sizes."""
+
+    def __init__(self, reader: RecordReader, plan: ShardEpoch, spec: LoaderSpec):
+        self.reader, self.plan, self.spec = reader, plan, spec
+        self.batch = 0
+        # Positions of the latest batches handed to DALI, to name a record it
+        # fails on: at most the prefetch queue plus the batch being decoded.
+        self.fed: deque = deque(maxlen=PREFETCH_DEPTH + 2)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.batch >= len(self.plan.positions):
+            raise StopIteration
+        positions = self.plan.positions[self.batch]
+        encoded, labels = [], []
+        for position in positions:
+            label, payload = self.reader.read(int(position))
+            encoded.append(np.frombuffer(payload, dtype=np.uint8))
+            labels.append(np.array([label], dtype=np.float32))
+        outputs = [encoded, labels]
+        if isinstance(self.plan, RectEpoch):
+            crop_h, crop_w = (float(v) for v in self.plan.crops[self.batch])
+            short = float(int(self.spec.image_size * RECT_VAL_RESIZE_RATIO))
+            # Cover the crop: the nominal short side, or the crop's long side.
+            resize_x, resize_y = (crop_w, short) if crop_w >= crop_h else (short, crop_h)
+            for value in (resize_x, resize_y, crop_h, crop_w):
+                outputs.append([np.array(value, dtype=np.float32)] * len(positions))
+        self.fed.append(positions)
+        self.batch += 1
+        return tuple(outputs)
+
+
+def _reflect_pad(images, pad: int, side: int):
+    """Reflect-pad square ``side`` x ``side`` HWC images by ``pad`` pixels
+    (numpy's 'reflect': the edge pixel is not repeated)."""
+    left = fn.flip(images[:, 1:pad + 1], horizontal=1)
+    right = fn.flip(images[:, side - pad - 1:side - 1], horizontal=1)
+    rows = fn.cat(left, images, right, axis=1)
+    top = fn.flip(rows[1:pad + 1], horizontal=0, vertical=1)
+    bottom = fn.flip(rows[side - pad - 1:side - 1], horizontal=0, vertical=1)
+    return fn.cat(top, rows, bottom, axis=0)
+
+
+def build_pipeline(spec: LoaderSpec, feed: _EpochFeed, context, seed: int):
+    device_id, decode_device = _placement(spec.backend, context)
+    aug, size = spec.augment, spec.image_size
+    rect = spec.augment.rect_val and not spec.train and aug.recipe == "imagenet"
+
+    @pipeline_def(batch_size=spec.batch_size, num_threads=spec.pipeline_threads,
+                  device_id=device_id, seed=seed, prefetch_queue_depth=PREFETCH_DEPTH)
+    def pipeline():
+        dtypes = [types.UINT8, types.FLOAT] + [types.FLOAT] * (4 if rect else 0)
+        inputs = fn.external_source(source=feed, num_outputs=len(dtypes), batch=True, dtype=dtypes,
+                                    no_copy=False)
+        encoded, labels = inputs[0], inputs[1]
+        normalize = dict(dtype=_DALI_DTYPES[spec.dtype], output_layout=_DALI_LAYOUTS[spec.layout],
+                         mean=list(aug.mean), std=list(aug.std))
+        if spec.train and aug.recipe == "imagenet":
+            images = fn.decoders.image_random_crop(
+                encoded, device=decode_device, output_type=types.RGB,
+                random_area=[aug.min_scale, 1.0], random_aspect_ratio=list(aug.aspect_range),
+                num_attempts=100)
+            images = fn.resize(images, resize_x=size, resize_y=size)
+            images = fn.crop_mirror_normalize(images, mirror=fn.random.coin_flip(), **normalize)
+        elif spec.train:   # cifar
+            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+            if aug.pad:
+                images = _reflect_pad(images, aug.pad, size)
+            images = fn.crop_mirror_normalize(
+                images, crop=(size, size), crop_pos_x=fn.random.uniform(range=(0.0, 1.0)),
+                crop_pos_y=fn.random.uniform(range=(0.0, 1.0)), mirror=fn.random.coin_flip(),
+                **normalize)
+            if aug.cutout:
+                # Cutout: one square per image, inside the image, set to the
+                # mean (0 after normalisation).
+                anchor = fn.random.uniform(values=[float(v) for v in range(size - aug.cutout + 1)], shape=[2])
+                images = fn.erase(images, anchor=anchor, shape=[float(aug.cutout)] * 2,
+                                  axis_names="HW", fill_value=0.0)
+        elif aug.recipe == "cifar":
+            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+            images = fn.crop_mirror_normalize(images, crop=(size, size), **normalize)
+        elif rect:
+            resize_x, resize_y, crop_h, crop_w = inputs[2:]
+            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+            images = fn.resize(images, resize_x=resize_x, resize_y=resize_y, mode="not_smaller")
+            images = fn.crop_mirror_normalize(images, crop_h=crop_h, crop_w=crop_w, **normalize)
+        else:
+            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+            images = fn.resize(images, resize_shorter=round(size / VAL_RESIZE_RATIO))
+            images = fn.crop_mirror_normalize(images, crop=(size, size), **normalize)
+        return _to_device(images, context, decode_device), _to_device(labels, context, decode_device)
+
+    return pipeline()
+
+
+def dali_epoch(spec: LoaderSpec, reader: RecordReader, plans: List[ShardEpoch], epoch: int) -> Iterator[list]:
+    """Yield, per step, one (data, label) pair of NDArrays per device."""
+    import mxnet as mx
+
+    feeds = [_EpochFeed(reader, plan, spec) for plan in plans]
+    pipes = [build_pipeline(spec, feed, context, derive_seed(spec.seed, spec.shard_id(i), epoch))
+             for i, (feed, context) in enumerate(zip(feeds, spec.devices))]
+    steps = len(plans[0].positions)
+    try:
+        # Without a DALI reader the plugin counts samples: the epoch is
+        # exactly steps x devices x batch, every batch full (padding included).
+        with warnings.catch_warnings():
+            # The plugin warns whenever `size` is given instead of a DALI reader.
+            warnings.filterwarnings("ignore", message="Please set `reader_name`")
+            iterator = DALIGenericIterator(
+                pipes, [("data", DALIGenericIterator.DATA_TAG), ("label", DALIGenericIterator.LABEL_TAG)],
+                size=steps * len(pipes) * spec.batch_size, auto_reset=False)
+    except RuntimeError as err:
+        raise _diagnose(err, reader, feeds)
+    for _ in range(steps):
+        try:
+            batches = next(iterator)
+        except RuntimeError as err:
+            raise _diagnose(err, reader, feeds)
+        out = []
+        for batch, context in zip(batches, spec.devices):
+            data, label = batch.data[0], batch.label[0]
+            if data.context != context:
+                data, label = data.as_in_context(context), label.as_in_context(context)
+            out.append((data, label))
+        yield out
+    del iterator, pipes
+
+
+def _diagnose(err: RuntimeError, reader: RecordReader, feeds: List[_EpochFeed]) -> Exception:
+    """Name the record DALI could not decode, if it is one of the batches in flight."""
+    import io
+
+    from PIL import Image
+
+    for feed in feeds:
+        for positions in feed.fed:
+            for position in positions:
+                _, payload = reader.read(int(position))
+                try:
+                    Image.open(io.BytesIO(payload)).load()
+                except Exception:  # noqa: BLE001 - any failure means: not decodable
+                    key = reader.keys[int(position)]
+                    return BadRecordSet(f"record {key} of {reader.rec_path} is not a decodable image", key)
+    return err

@@ -1,0 +1,148 @@
+"""``make_loader(spec)``: the one entry to the input pipelines.
+
+    loader = make_loader(LoaderSpec(prefix=Path("data/train"), train=True, batch_size=64,
+                                    image_size=224, devices=[mx.cpu(0), mx.cpu(1)]))
+    len(loader)          # steps per epoch
+    loader.num_images    # images this worker reads per epoch, padding excluded
+    for step in loader.epoch(3):
+        for data, label, pad in step:   # one DeviceBatch per device
+            ...                         # the last `pad` samples repeat earlier ones
+
+Every step has a batch for every device. Epochs are pure functions of
+(seed, epoch): ``loader.epoch(e)`` can be replayed, e.g. after a resume.
+Rebuilding a loader for a new phase (image size, batch size) is cheap: the
+record index is read once per loader and the pipelines once per epoch.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Iterator, List, NamedTuple
+
+from ..cli import UsageError
+from .recordio import RecordReader
+from .sampling import (batches_per_epoch, epoch_order, rect_val_epoch, shard_epoch,
+                       smallest_shard)
+from .spec import BACKENDS, DTYPES, LAYOUTS, LoaderSpec
+
+MIN_IMAGE_SIZE = 8   # pixels
+
+
+class DeviceBatch(NamedTuple):
+    data: object    # mx.nd.NDArray on the device, (batch, 3, size, size) or NHWC
+    label: object   # mx.nd.NDArray float32 (batch,)
+    pad: int        # trailing samples that are padding, not data
+
+
+def check_spec(spec: LoaderSpec) -> None:
+    """Refuse what cannot work, before any pipeline is built."""
+    if spec.backend not in BACKENDS:
+        raise UsageError(f"unknown data backend {spec.backend!r} (choose from {', '.join(BACKENDS)})")
+    if spec.dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {spec.dtype!r} (choose from {', '.join(DTYPES)})")
+    if spec.layout not in LAYOUTS:
+        raise UsageError(f"unknown layout {spec.layout!r} (choose from {', '.join(LAYOUTS)})")
+    if spec.image_size < MIN_IMAGE_SIZE:
+        raise UsageError(f"image size {spec.image_size} is below the minimum of {MIN_IMAGE_SIZE} pixels")
+    if spec.batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {spec.batch_size}")
+    if not spec.devices:
+        raise UsageError("no devices given")
+    if not 0 <= spec.rank < spec.num_workers:
+        raise UsageError(f"worker rank {spec.rank} is outside 0..{spec.num_workers - 1}")
+    aug = spec.augment
+    if aug.recipe not in ("imagenet", "cifar"):
+        raise UsageError(f"unknown augmentation recipe {aug.recipe!r} (imagenet or cifar)")
+    if not 0 < aug.min_scale <= 1:
+        raise UsageError(f"min crop scale must be in (0, 1], got {aug.min_scale}")
+    if aug.rect_val and spec.image_size % 8:
+        raise UsageError(f"rectangular validation needs an image size that is a multiple of 8, got {spec.image_size}")
+    if aug.recipe == "cifar" and spec.train and (aug.pad >= spec.image_size or aug.cutout > spec.image_size):
+        raise UsageError(f"padding {aug.pad} / Cutout {aug.cutout} do not fit {spec.image_size}-pixel images")
+    if spec.backend == "dali-gpu" and any(c.device_type != "gpu" for c in spec.devices):
+        raise UsageError("--data-backend dali-gpu needs GPU devices; use dali-cpu with --device cpu")
+    if spec.backend != "synthetic" and spec.prefix is None:
+        raise UsageError(f"--data-backend {spec.backend} needs a dataset (--data-root)")
+
+
+class Loader:
+    """Batches of one split for this worker's devices; see the module docstring."""
+
+    def __init__(self, spec: LoaderSpec):
+        check_spec(spec)
+        self.spec = spec
+        self._reader = None
+        self._synthetic = None
+        if spec.backend == "synthetic":
+            from .synthetic import synthetic_batches, synthetic_tensors
+            self._steps = synthetic_batches(spec)
+            self.dataset_images = spec.synthetic_images
+            self.num_images = self._steps * spec.batch_size * len(spec.devices)
+            self._synthetic = synthetic_tensors(spec)
+            return
+        self._reader = RecordReader(spec.prefix)
+        self.dataset_images = len(self._reader)
+        if spec.backend == "mxnet":
+            from .native import check_native_spec, native_batches
+            check_native_spec(spec)
+            worker_batch = spec.batch_size * len(spec.devices)
+            if self.dataset_images // spec.num_workers < worker_batch:
+                raise UsageError(f"{spec.prefix}.rec: a worker's part holds {self.dataset_images // spec.num_workers} "
+                                 f"images, fewer than its batch of {worker_batch}")
+            self._steps = native_batches(spec, self.dataset_images)
+            self.num_images = self.dataset_images // spec.num_workers
+            return
+        smallest = smallest_shard(self.dataset_images, spec.num_shards)
+        if smallest < spec.batch_size:
+            raise UsageError(f"{spec.prefix}.rec holds {self.dataset_images} images: {spec.num_shards} shards of "
+                             f"{smallest} or more, fewer than the batch size {spec.batch_size} per device")
+        self._steps = batches_per_epoch(self.dataset_images, spec.num_shards, spec.batch_size)
+        self._sizes = None
+        if spec.augment.rect_val and not spec.train and spec.augment.recipe == "imagenet":
+            self._sizes = self._reader.image_sizes()
+        self.num_images = sum(p.valid for p in self.plans(0))
+        self._next_epoch = 0
+
+    def __len__(self) -> int:
+        return self._steps
+
+    def plans(self, epoch: int) -> list:
+        """The sampler's plan (positions, pads) of each local device for ``epoch``."""
+        spec = self.spec
+        if self._sizes is not None:
+            return [rect_val_epoch(self._sizes, spec.num_shards, spec.shard_id(i), spec.batch_size,
+                                   spec.image_size) for i in range(len(spec.devices))]
+        order = epoch_order(self.dataset_images, epoch, spec.seed, shuffle=spec.train)
+        return [shard_epoch(order, spec.num_shards, spec.shard_id(i), spec.batch_size)
+                for i in range(len(spec.devices))]
+
+    def epoch(self, epoch: int) -> Iterator[List[DeviceBatch]]:
+        """The steps of ``epoch``: a list of one DeviceBatch per device each."""
+        spec = self.spec
+        if spec.backend == "synthetic":
+            from .synthetic import synthetic_epoch
+            for parts in synthetic_epoch(spec, self._synthetic, self._steps):
+                yield [DeviceBatch(data, label, 0) for data, label in parts]
+            return
+        if spec.backend == "mxnet":
+            from .native import native_epoch
+            for parts in native_epoch(spec, epoch):
+                yield [DeviceBatch(*part) for part in parts]
+            return
+        from .dali import dali_epoch
+        plans = self.plans(epoch)
+        for step, parts in enumerate(dali_epoch(spec, self._reader, plans, epoch)):
+            yield [DeviceBatch(data, label, int(plan.pads[step])) for (data, label), plan in zip(parts, plans)]
+
+    def __iter__(self) -> Iterator[List[DeviceBatch]]:
+        """Successive epochs on successive iterations (0, 1, 2, ...)."""
+        epoch = getattr(self, "_next_epoch", 0)
+        self._next_epoch = epoch + 1
+        return self.epoch(epoch)
+
+    def rebuild(self, **changes) -> "Loader":
+        """A loader for a new phase: same data, other image size, batch size, ..."""
+        return Loader(replace(self.spec, **changes))
+
+
+def make_loader(spec: LoaderSpec) -> Loader:
+    return Loader(spec)

@@ -1,0 +1,76 @@
+"""What a loader is asked for: small typed values, never the CLI namespace."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+BACKENDS = ("dali-gpu", "dali-cpu", "mxnet", "synthetic")
+DTYPES = ("float32", "float16")
+LAYOUTS = ("NCHW", "NHWC")
+
+# Normalisation on the 0..255 scale, RGB order.
+IMAGENET_MEAN = (123.68, 116.779, 103.939)
+IMAGENET_STD = (58.393, 57.12, 57.375)
+CIFAR_MEAN = (125.307, 122.961, 113.8575)   # 0.4914, 0.4822, 0.4465 x 255
+CIFAR_STD = (62.9932, 62.0887, 66.7048)     # 0.2470, 0.2435, 0.2616 x 255
+VAL_RESIZE_RATIO = 0.875    # val: shorter side resized to size / 0.875 (256 for 224)
+RECT_VAL_RESIZE_RATIO = 1.14  # rect val: shorter side resized to int(size * 1.14)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Augmentation recipe. ``imagenet``: random-resized crop + flip (train),
+    resize + center crop or rectangular crop (val). ``cifar``: reflect pad,
+    random crop, flip, Cutout (train); nothing but normalisation (val)."""
+    recipe: str = "imagenet"          # "imagenet" | "cifar"
+    min_scale: float = 0.08           # smallest crop area, fraction of the image (imagenet train)
+    aspect_range: Tuple[float, float] = (3 / 4, 4 / 3)   # crop width/height range (imagenet train)
+    rect_val: bool = False            # imagenet18 rectangular validation
+    pad: int = 4                      # reflect padding in pixels (cifar train)
+    cutout: int = 8                   # Cutout square side in pixels, 0 = off (cifar train)
+
+    @property
+    def mean(self) -> Tuple[float, float, float]:
+        return CIFAR_MEAN if self.recipe == "cifar" else IMAGENET_MEAN
+
+    @property
+    def std(self) -> Tuple[float, float, float]:
+        return CIFAR_STD if self.recipe == "cifar" else IMAGENET_STD
+
+
+def default_threads(devices_per_worker: int) -> int:
+    """Decoding threads per device pipeline: the cores shared out, at least 1."""
+    return max(1, (os.cpu_count() or 1) // max(1, devices_per_worker))
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """One loader: a split of a RecordIO set for this worker's devices."""
+    prefix: Optional[Path]            # reads PREFIX.rec/.idx (None for synthetic)
+    train: bool                       # train augmentation and shuffling, else val
+    batch_size: int                   # per device
+    image_size: int                   # side of the (square) network input, pixels
+    devices: Sequence                 # mx.Context per local device
+    backend: str = "dali-cpu"
+    dtype: str = "float32"            # of the data the pipeline emits
+    layout: str = "NCHW"
+    rank: int = 0                     # this worker's index
+    num_workers: int = 1
+    augment: Augment = field(default_factory=Augment)
+    seed: int = 0
+    threads: Optional[int] = None     # per device pipeline; None = cores / devices
+    num_classes: int = 1000           # labels of synthetic data
+    synthetic_images: int = 1281167   # images per epoch of synthetic data (ImageNet's train set)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.devices) * self.num_workers
+
+    def shard_id(self, local_index: int) -> int:
+        return local_index + len(self.devices) * self.rank
+
+    @property
+    def pipeline_threads(self) -> int:
+        return self.threads or default_threads(len(self.devices))
