@@ -91,6 +91,23 @@ def _reflect_pad(images, pad: int, side: int):
     return fn.cat(top, rows, bottom, axis=0)
 
 
+def _resize_shorter_center_crop(images, shorter: int, size: int):
+    """Resize HWC images so the shorter side is ``shorter`` (the longer one
+    ``shorter * long // short``, rounded down) and cut the ``size`` square at
+    offset ``(side - size) // 2``: the integer geometry of ImageRecordIter's
+    ``resize`` + center crop, so the dali and mxnet backends see the same
+    pixels (up to the resampling filter)."""
+    shape = fn.shapes(images, dtype=types.INT32)
+    height, width = shape[0], shape[1]
+    portrait = height > width
+    new_h = portrait * (shorter * height // width) + (1 - portrait) * shorter
+    new_w = portrait * shorter + (1 - portrait) * (shorter * width // height)
+    images = fn.resize(images, resize_x=fn.cast(new_w, dtype=types.FLOAT),
+                       resize_y=fn.cast(new_h, dtype=types.FLOAT))
+    anchor = fn.cat(fn.reshape((new_h - size) // 2, shape=[1]), fn.reshape((new_w - size) // 2, shape=[1]))
+    return fn.slice(images, start=anchor, shape=[size, size], axis_names="HW")
+
+
 def build_pipeline(spec: LoaderSpec, feed: _EpochFeed, context, seed: int):
     device_id, decode_device = _placement(spec.backend, context)
     aug, size = spec.augment, spec.image_size
@@ -136,8 +153,8 @@ def build_pipeline(spec: LoaderSpec, feed: _EpochFeed, context, seed: int):
             images = fn.crop_mirror_normalize(images, crop_h=crop_h, crop_w=crop_w, **normalize)
         else:
             images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
-            images = fn.resize(images, resize_shorter=round(size / VAL_RESIZE_RATIO))
-            images = fn.crop_mirror_normalize(images, crop=(size, size), **normalize)
+            images = _resize_shorter_center_crop(images, round(size / VAL_RESIZE_RATIO), size)
+            images = fn.crop_mirror_normalize(images, **normalize)
         return _to_device(images, context, decode_device), _to_device(labels, context, decode_device)
 
     return pipeline()

@@ -22,6 +22,12 @@ from .sampling import derive_seed
 from .spec import VAL_RESIZE_RATIO, LoaderSpec
 
 
+# OpenCV INTER_AREA: an averaging filter when shrinking, closest to DALI's
+# default antialiased linear resize (mean difference < 1.1 on 0..255 after a
+# 64 -> 37 pixel shrink, measured in tests/test_loaders.py).
+AREA = 3
+
+
 def check_native_spec(spec: LoaderSpec) -> None:
     if spec.augment.recipe != "imagenet":
         raise UsageError("--data-backend mxnet supports the imagenet augmentation only "
@@ -53,9 +59,9 @@ def native_epoch(spec: LoaderSpec, epoch: int) -> Iterator[list]:
         kwargs.update(shuffle=True, seed=seed, seed_aug=seed, random_resized_crop=True,
                       min_random_area=aug.min_scale, max_random_area=1.0,
                       min_aspect_ratio=aug.aspect_range[0], max_aspect_ratio=aug.aspect_range[1],
-                      rand_mirror=True, inter_method=2)
+                      rand_mirror=True, inter_method=AREA)
     else:
-        kwargs.update(shuffle=False, resize=round(size / VAL_RESIZE_RATIO), inter_method=2)
+        kwargs.update(shuffle=False, resize=round(size / VAL_RESIZE_RATIO), inter_method=AREA)
     records = mx.io.ImageRecordIter(**kwargs)
     for batch in records:
         data, label = batch.data[0], batch.label[0]
