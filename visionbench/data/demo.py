@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -87,10 +87,15 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return image + rng.normal(0, rng.uniform(4, 16), size=image.shape)
 
 
-def render_image(class_index: int, rng: np.random.Generator, size: int) -> np.ndarray:
-    """One RGB uint8 image of class ``class_index``; the shorter side is ``size``."""
+def render_image(class_index: int, rng: np.random.Generator, size: int,
+                 shape: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """One RGB uint8 image of class ``class_index``; the shorter side is ``size``
+    and the longer one random up to 4:3, unless ``shape`` (height, width) is given."""
     long_side = int(round(size * rng.uniform(1.0, 4 / 3)))
     height, width = (size, long_side) if rng.random() < 0.5 else (long_side, size)
+    if shape is not None:
+        height, width = shape
+        size = min(shape)
     image = _background(rng, height, width)
     radius = rng.uniform(0.22, 0.42) * size
     centre = np.array([rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)])

@@ -1,0 +1,1 @@
+"""Benchmarks: sweeps, timing, latency percentiles, input-pipeline throughput."""

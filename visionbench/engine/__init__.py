@@ -1,0 +1,1 @@
+"""Devices, precision, the train/val loop, checkpoints, metrics."""
