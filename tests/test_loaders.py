@@ -249,3 +249,15 @@ def test_record_that_is_not_an_image_is_named(tmp_path):
         list(loader.epoch(0))
     with pytest.raises(UsageError, match="record 5 .* is not an image"):
         make_loader(spec(prefix, train=False, batch_size=4, augment=Augment(rect_val=True)))
+
+
+@pytest.mark.gpu
+def test_dali_gpu_decodes_onto_each_gpu(coloured):
+    devices = [mx.gpu(0)]
+    loader = make_loader(spec(coloured, backend="dali-gpu", devices=devices, dtype="float16", layout="NHWC"))
+    steps = list(loader.epoch(0))
+    data, label, _ = steps[0][0]
+    assert data.context == mx.gpu(0) and label.context == mx.gpu(0)
+    assert data.dtype == np.float16 and data.shape == (4, 32, 32, 3)
+    pixels, labels = seen_indices(steps, "NHWC")
+    assert pixels == labels and sorted(labels) == list(range(31))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 import time
@@ -35,6 +36,7 @@ from ..report.schema import validate_report
 # in bytes; parts are padded to 4 bytes.
 RECORDIO_MAGIC = 0xCED7230A
 _PART_HEADER = struct.Struct("<II")
+_LENGTH_MASK = (1 << 29) - 1
 
 # Renamed in this order by commit(): the .idx last marks a complete set.
 OUTPUT_SUFFIXES = (".lst", ".classes.txt", ".skipped.txt", ".prep.json", ".rec", ".idx")
@@ -323,7 +325,7 @@ def _record_end(raw, offset: int, file_size: int) -> Optional[int]:
         if len(head) < _PART_HEADER.size:
             return None
         magic, length_word = _PART_HEADER.unpack(head)
-        flag, length = length_word >> 29, length_word & ((1 << 29) - 1)
+        flag, length = length_word >> 29, length_word & _LENGTH_MASK
         if magic != RECORDIO_MAGIC or flag not in expect:
             return None
         position += _PART_HEADER.size + (length + 3) // 4 * 4
@@ -392,13 +394,28 @@ class RecordReader:
                     raise BadRecordSet(f"{self.idx_path} does not match {self.rec_path}: "
                                        f"no valid record {key} at byte {offset} (run verify_rec.py)", key)
         self.keys = [key for key, _ in entries]
+        self._offsets = [offset for _, offset in entries]
         self._reader = mx.recordio.MXIndexedRecordIO(str(self.idx_path), str(self.rec_path), "r")
+        with open(self.rec_path, "rb") as handle:
+            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        self._view = memoryview(self._map)
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def read(self, position: int) -> tuple[float, bytes]:
-        """(label, image bytes) of the record at ``position``."""
+    def read(self, position: int) -> tuple[float, memoryview]:
+        """(label, image bytes) of the record at ``position``; the bytes are a
+        view into the memory-mapped .rec, valid while the reader is open."""
+        offset = self._offsets[position]
+        view = self._view
+        if offset + _PART_HEADER.size <= len(view):
+            magic, length_word = _PART_HEADER.unpack_from(view, offset)
+            start, length = offset + _PART_HEADER.size, length_word & _LENGTH_MASK
+            # The common case, one part: slice it out of the map (no copy, no
+            # call into MXNet). Split records and damage take MXNet's reader.
+            if magic == RECORDIO_MAGIC and length_word >> 29 == 0 and start + length <= len(view):
+                header, payload = mx.recordio.unpack(view[start:start + length])
+                return float(header.label), payload
         key = self.keys[position]
         try:
             record = self._reader.read_idx(key)
@@ -407,7 +424,7 @@ class RecordReader:
         if record is None:
             raise BadRecordSet(f"record {key} of {self.rec_path} is truncated or corrupted", key)
         header, payload = mx.recordio.unpack(record)
-        return float(header.label), payload
+        return float(header.label), memoryview(payload)
 
     def image_sizes(self) -> "np.ndarray":
         """(width, height) per position, parsed from the image headers once and
@@ -445,4 +462,7 @@ class RecordReader:
         return sizes
 
     def close(self) -> None:
+        """Close the files; views returned by read() must be released first."""
         self._reader.close()
+        self._view.release()
+        self._map.close()
