@@ -60,6 +60,59 @@ class Config:
     num_examples: int = option(1281167, "--num-examples", metavar="N",
                                help="images per epoch of synthetic data")
     seed: int = option(0, "--seed", help="seed of sampling, augmentation and initialisation")
+    # --- model
+    arch: str = option("resnetv15", "--arch", choices=("resnetv1", "resnetv15", "resnet9"),
+                       help="network family (resnet9: the DAWNBench CIFAR-10 network)")
+    num_layers: int = option(50, "--num-layers", choices=(18, 34, 50, 101, 152),
+                             help="ResNet depth (ignored by resnet9)")
+    init_bn0: bool = option(False, "--init-bn0", help="zero gamma of the last BatchNorm in each residual block")
+    # --- precision and devices
+    loss_scale: Optional[str] = option(None, "--loss-scale", metavar="S",
+                                       help="float16: a static loss scale, or 'dynamic' (default)")
+    kv_store: str = option("device", "--kv-store", choices=("device", "local", "nccl"),
+                           help="gradient aggregation across this machine's devices")
+    # --- optimizer and schedule
+    num_epochs: int = option(90, "-e", "--num-epochs", metavar="E", help="epochs (ignored with --phases)")
+    lr: float = option(0.1, "--lr", metavar="LR",
+                       help="learning rate per 256 images: the base LR is lr x global batch / 256")
+    lr_schedule: str = option("step", "--lr-schedule", choices=("step", "cosine", "onecycle"),
+                              help="step: warmup + decays; cosine: warmup + cosine to 0; onecycle")
+    warmup_epochs: float = option(5.0, "--warmup-epochs", metavar="W", help="linear warmup from 0, epochs")
+    lr_factor: float = option(0.1, "--lr-factor", metavar="F", help="step schedule: LR multiplier at each decay")
+    lr_steps: str = option("30,60,80", "--lr-steps", metavar="E1,E2,..", help="step schedule: decay epochs")
+    momentum: float = option(0.9, "--mom", "--momentum", metavar="M", help="SGD momentum")
+    nesterov: bool = option(False, "--nesterov", help="Nesterov momentum")
+    wd: float = option(1e-4, "--wd", metavar="WD", help="weight decay")
+    bn_wd: bool = option(True, "--bn-wd", help="weight decay on BatchNorm gamma/beta and biases (--no-bn-wd: none)")
+    label_smoothing: float = option(0.0, "--label-smoothing", metavar="EPS", help="label smoothing")
+    pct_start: float = option(0.3, "--pct-start", metavar="P", help="onecycle: fraction of steps rising")
+    div_factor: float = option(25.0, "--div-factor", metavar="D", help="onecycle: initial LR = max LR / D")
+    final_div_factor: float = option(1e4, "--final-div-factor", metavar="D",
+                                     help="onecycle: final LR = initial LR / D")
+    mom_max: float = option(0.95, "--mom-max", metavar="M", help="onecycle: highest momentum")
+    mom_min: float = option(0.85, "--mom-min", metavar="M", help="onecycle: lowest momentum")
+    phases: Optional[str] = option(None, "--phases", metavar="LIST",
+                                   help="imagenet18 phase list (replaces the schedule, epochs, sizes; "
+                                        "bs per device, lr as given)")
+    print_schedule: bool = option(False, "--print-schedule",
+                                  help="print epoch,iteration,lr,momentum,image_size,batch_size per "
+                                       "iteration as CSV and exit without training")
+    # --- checkpoints and reports
+    model_prefix: str = option("model", "--model-prefix", metavar="P",
+                               help="checkpoints P-symbol.json, P-EEEE.params, P-EEEE.states, P-EEEE.json")
+    save_frequency: int = option(1, "--save-frequency", metavar="K", help="checkpoint every K epochs (0: never)")
+    keep_checkpoints: int = option(2, "--keep-checkpoints", metavar="K",
+                                   help="keep the last K checkpoints (and the best one)")
+    resume: bool = option(True, "--resume",
+                          help="continue from the last complete checkpoint under --model-prefix (--no-resume: "
+                               "refuse to start over existing ones)")
+    load_epoch: Optional[int] = option(None, "--load-epoch", metavar="E", help="val mode: checkpoint epoch to score")
+    report: Optional[str] = option(None, "--report", metavar="FILE.json", help="per-epoch JSON report")
+    dawn_tsv: Optional[str] = option(None, "--dawn-tsv", metavar="FILE.tsv", help="DAWNBench per-epoch TSV")
+    target_top1: Optional[float] = option(None, "--target-top1", metavar="A",
+                                          help="report the training time to reach this val top-1 (fraction)")
+    target_top5: Optional[float] = option(None, "--target-top5", metavar="A",
+                                          help="report the training time to reach this val top-5 (fraction)")
     # --- measuring
     iterations: Optional[int] = option(None, "-i", "--iterations", metavar="I",
                                        help="steps to run (io mode: measured steps; default one epoch)")
@@ -158,6 +211,23 @@ def check(config: Config) -> None:
         raise UsageError(f"warmup-iterations must be 0 or more, got {config.warmup_iterations}")
     if config.dali_threads is not None and config.dali_threads < 1:
         raise UsageError(f"dali-threads must be at least 1, got {config.dali_threads}")
+    if config.num_epochs < 1:
+        raise UsageError(f"num-epochs must be at least 1, got {config.num_epochs}")
+    for name in ("lr", "wd", "warmup_epochs", "label_smoothing", "momentum"):
+        if getattr(config, name) < 0:
+            raise UsageError(f"{name.replace('_', '-')} must not be negative, got {getattr(config, name)}")
+    if config.label_smoothing >= 1:
+        raise UsageError(f"label-smoothing must be below 1, got {config.label_smoothing}")
+    try:
+        steps = lr_steps(config)
+    except ValueError:
+        raise UsageError(f"--lr-steps must be epochs separated by commas, got {config.lr_steps!r}")
+    if any(step < 0 for step in steps):
+        raise UsageError(f"--lr-steps must not be negative, got {config.lr_steps!r}")
+    if not 0 < config.pct_start < 1:
+        raise UsageError(f"pct-start must be in (0, 1), got {config.pct_start}")
+    if config.save_frequency < 0 or config.keep_checkpoints < 1:
+        raise UsageError("save-frequency must be 0 or more and keep-checkpoints at least 1")
     if not 0 < config.min_random_area <= 1:
         raise UsageError(f"min-random-area must be in (0, 1], got {config.min_random_area}")
     if config.data_backend != "synthetic" and not config.data_root:
@@ -165,6 +235,16 @@ def check(config: Config) -> None:
                          "give one, or use --data-backend synthetic")
     if config.data_root and not Path(config.data_root).is_dir():
         raise UsageError(f"--data-root {config.data_root} is not a folder")
+
+
+def lr_steps(config: Config) -> tuple:
+    return tuple(int(part) for part in config.lr_steps.split(",") if part.strip())
+
+
+def model_name(config: Config) -> str:
+    if config.arch == "resnet9":
+        return "resnet9"
+    return f"resnet{config.num_layers}_v1{'.5' if config.arch == 'resnetv15' else ''}"
 
 
 def to_dict(config: Config) -> dict:

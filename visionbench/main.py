@@ -50,10 +50,18 @@ def run_io(config: Config) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     config = resolve_devices(resolve(argv))
+    if config.print_schedule:
+        from .engine.run import print_schedule
+        return print_schedule(config, config.num_devices)
     if config.mode == "io":
         return run_io(config)
-    raise UsageError(f"--mode {config.mode}: the trainer is not part of this release yet; "
-                     "--mode io measures the input pipeline")
+    from .engine.devices import make_contexts
+    from .engine.run import score, train
+
+    devices = make_contexts(config.device, config.num_devices)
+    if config.mode == "val":
+        return score(config, devices)
+    return train(config, devices)
 
 
 def entry() -> None:

@@ -146,3 +146,15 @@ class Loader:
 
 def make_loader(spec: LoaderSpec) -> Loader:
     return Loader(spec)
+
+
+def steps_per_epoch(backend: str, images: int, batch_size: int, devices: int, num_workers: int = 1) -> int:
+    """Steps a loader of this shape yields per epoch, without building it
+    (for printing schedules)."""
+    import math
+
+    if backend == "synthetic":
+        return max(1, images // num_workers // (batch_size * devices))
+    if backend == "mxnet":
+        return math.ceil(math.ceil(images / num_workers) / (batch_size * devices))
+    return batches_per_epoch(images, devices * num_workers, batch_size)

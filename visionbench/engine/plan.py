@@ -1,0 +1,69 @@
+"""The resolved training plan: per epoch, the data settings and step count;
+per step, the learning rate and momentum. What ``--print-schedule`` prints
+and what the training loop follows, from one definition."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from ..config import Config, lr_steps
+from ..phases import DataSettings, Phases, parse_phases, trndir_folder
+from ..schedules import CosineSchedule, OneCycleSchedule, StepSchedule
+
+
+def base_data_settings(config: Config) -> DataSettings:
+    return DataSettings(image_size=config.image_size, batch_size=config.batch_size, trndir="",
+                        min_scale=config.min_random_area, rect_val=config.rect_val)
+
+
+def data_folder(config: Config, settings: DataSettings) -> Optional[Path]:
+    if not config.data_root:
+        return None
+    return Path(config.data_root) / trndir_folder(settings.trndir)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    epochs: int
+    schedule: object                  # .at(epoch, iteration, iterations) -> (lr, momentum)
+    phases: Optional[Phases]
+    defaults: DataSettings
+    steps_of: Callable[[DataSettings], int]   # steps per epoch for given data settings
+
+    def settings(self, epoch: int) -> DataSettings:
+        return self.phases.settings(epoch, self.defaults) if self.phases else self.defaults
+
+    def rows(self) -> Iterator[tuple]:
+        """(epoch, iteration, lr, momentum, image_size, batch_size) for every step."""
+        for epoch in range(self.epochs):
+            settings = self.settings(epoch)
+            steps = self.steps_of(settings)
+            for iteration in range(steps):
+                lr, momentum = self.schedule.at(epoch, iteration, steps)
+                yield epoch, iteration, lr, momentum, settings.image_size, settings.batch_size
+
+
+def make_plan(config: Config, devices_total: int, steps_of: Callable[[DataSettings], int]) -> TrainingPlan:
+    """``devices_total``: devices over all workers (the global batch is
+    batch size x devices_total)."""
+    defaults = base_data_settings(config)
+    if config.phases:
+        phases = parse_phases(config.phases, momentum=config.momentum)
+        return TrainingPlan(phases.epochs, phases, phases, defaults, steps_of)
+    base_lr = config.lr * config.batch_size * devices_total / 256
+    if config.lr_schedule == "step":
+        schedule = StepSchedule(base_lr, config.num_epochs, config.warmup_epochs, lr_steps(config),
+                                config.lr_factor, config.momentum)
+    elif config.lr_schedule == "cosine":
+        schedule = CosineSchedule(base_lr, config.num_epochs, config.warmup_epochs, config.momentum)
+    else:
+        schedule = OneCycleSchedule(base_lr, config.num_epochs, config.pct_start, config.div_factor,
+                                    config.final_div_factor, config.mom_max, config.mom_min)
+    return TrainingPlan(config.num_epochs, schedule, None, defaults, steps_of)
+
+
+def format_rows(plan: TrainingPlan) -> Iterator[str]:
+    yield "epoch,iteration,lr,momentum,image_size,batch_size"
+    for epoch, iteration, lr, momentum, size, batch in plan.rows():
+        yield f"{epoch},{iteration},{lr:.10g},{momentum:.10g},{size},{batch}"

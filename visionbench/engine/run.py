@@ -1,0 +1,181 @@
+"""A whole run: plan, resume, epochs, checkpoints, reports (train.py --mode train|val|train_val)."""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..cli import UsageError
+from ..config import Config, model_name, to_dict
+from ..phases import DataSettings
+from .checkpoint import complete_epochs, load_meta, load_states, load_weights, prune, save_checkpoint
+from .plan import TrainingPlan, data_folder, format_rows, make_plan
+from .precision import LossScaler, resolve_precision
+from .trainer import Run, _loader, build_net, build_trainer, evaluate, train_epoch
+
+
+def _train_images(config: Config, settings: DataSettings) -> int:
+    if config.data_backend == "synthetic":
+        return config.num_examples
+    from ..data.recordio import read_index_file
+
+    folder = data_folder(config, settings)
+    idx = folder / "train.idx"
+    if not idx.is_file():
+        raise UsageError(f"{idx} does not exist (data phases read DATA_ROOT/sz/<N>/train.*)")
+    return len(read_index_file(idx))
+
+
+def plan_for(config: Config, devices_per_worker: int, num_workers: int = 1) -> TrainingPlan:
+    from ..data.loader import steps_per_epoch
+
+    counts: Dict[str, int] = {}
+
+    def steps_of(settings: DataSettings) -> int:
+        key = settings.trndir
+        if key not in counts:
+            counts[key] = _train_images(config, settings)
+        return steps_per_epoch(config.data_backend, counts[key], settings.batch_size,
+                               devices_per_worker, num_workers)
+
+    return make_plan(config, devices_per_worker * num_workers, steps_of)
+
+
+def print_schedule(config: Config, devices_per_worker: int) -> int:
+    plan = plan_for(config, devices_per_worker)
+    for line in format_rows(plan):
+        print(line)
+    return 0
+
+
+def _check_outputs(config: Config, resuming: bool) -> None:
+    """A fresh run never overwrites another run's report or checkpoints."""
+    if resuming:
+        return
+    for path in (config.report, config.dawn_tsv):
+        if path and Path(path).exists():
+            raise UsageError(f"{path} already exists (another run's?); move it or choose another path")
+    prefix = Path(config.model_prefix)
+    if not prefix.parent.is_dir():
+        raise UsageError(f"--model-prefix {prefix}: folder {prefix.parent} does not exist")
+    for path in (config.report, config.dawn_tsv):
+        if path and not Path(path).parent.is_dir():
+            raise UsageError(f"{path}: folder {Path(path).parent} does not exist")
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    val = (f"val top-1 {record['val_top1']:.4f} top-5 {record['val_top5']:.4f} ({record['val_ips']:.0f} img/s)"
+           if record["val_top1"] is not None else "no val")
+    return (f"epoch {record['epoch'] + 1}/{epochs}: loss {record['train_loss']:.4f}, "
+            f"{record['train_ips']:.1f} img/s, {record['epoch_train_s']:.1f} s, lr {record['lr']:.5g}, "
+            f"size {record['image_size']}, batch {record['batch_size']}; {val}")
+
+
+def train(config: Config, devices, rank: int = 0, num_workers: int = 1) -> int:
+    from ..report.train_report import build_report, dawn_tsv, environment, summarize, write_report
+    from ..files import write_text_atomic
+
+    precision = resolve_precision(config.dtype, config.device, config.loss_scale)
+    plan = plan_for(config, len(devices), num_workers)
+    prefix = Path(config.model_prefix)
+    done = complete_epochs(prefix)
+    if done and not config.resume:
+        raise UsageError(f"checkpoints exist under {prefix} (epoch {done[-1]}); "
+                         "resume with --resume or choose another --model-prefix")
+    _check_outputs(config, resuming=bool(done))
+    net = build_net(config, devices, precision)
+    trainer = build_trainer(config, net, precision)
+    scaler = LossScaler(precision.loss_scale, precision.dynamic_loss_scale)
+    run = Run(config, devices, precision, net, trainer, plan, scaler, rank, num_workers)
+    records: List[dict] = []
+    start_epoch = 0
+    if done:
+        start_epoch = done[-1]
+        meta = load_meta(prefix, start_epoch)
+        if meta.get("model") != model_name(config) or meta.get("classes") != config.num_classes:
+            raise UsageError(f"checkpoint {prefix}-{start_epoch:04d} holds {meta.get('model')} with "
+                             f"{meta.get('classes')} classes, not {model_name(config)} with {config.num_classes}")
+        _warm_up(run, plan.settings(start_epoch))
+        load_weights(net, prefix, start_epoch, devices)
+        load_states(trainer, prefix, start_epoch)
+        scaler.restore(meta["loss_scaler"])
+        records = meta["epochs"]
+        print(f"resuming from {prefix}-{start_epoch:04d} (epoch {start_epoch} of {plan.epochs} done)", flush=True)
+    env = environment(config.device, len(devices) * num_workers)
+    config_record = to_dict(config)
+    started = time.time()
+    loaders: Dict = {}
+    validate = config.mode == "train_val"
+    elapsed = records[-1]["elapsed_s"] if records else 0.0
+    best = max((r for r in records if r["val_top1"] is not None), key=lambda r: r["val_top1"], default=None)
+    for epoch in range(start_epoch, plan.epochs):
+        settings = plan.settings(epoch)
+        train_loader = _loader(config, "train", settings, devices, rank, num_workers, loaders)
+        result = train_epoch(run, epoch, train_loader, progress=True)
+        elapsed += result["epoch_train_s"]
+        record = {"epoch": epoch, "elapsed_s": elapsed, "epoch_train_s": result["epoch_train_s"],
+                  "val_s": None, "train_loss": result["train_loss"], "train_ips": result["train_ips"],
+                  "val_top1": None, "val_top5": None, "val_ips": None, "lr": result["lr"],
+                  "image_size": settings.image_size, "batch_size": settings.batch_size,
+                  "skipped_steps": result["skipped_steps"]}
+        if validate:
+            val_loader = _loader(config, "val", settings, devices, rank, num_workers, loaders)
+            scores = evaluate(net, val_loader, epoch)
+            record.update({k: scores[k] for k in ("val_top1", "val_top5", "val_ips", "val_s")})
+        records.append(record)
+        if record["val_top1"] is not None and (best is None or record["val_top1"] > best["val_top1"]):
+            best = record
+        print(_epoch_line(record, plan.epochs), flush=True)
+        last = epoch + 1 == plan.epochs
+        if rank == 0 and config.save_frequency and ((epoch + 1) % config.save_frequency == 0 or last):
+            meta = {"epoch": epoch + 1, "model": model_name(config), "classes": config.num_classes,
+                    "layout": config.input_layout, "dtype": config.dtype, "seed": config.seed,
+                    "loss_scaler": scaler.state(), "epochs": records, "config": config_record}
+            save_checkpoint(net, trainer, prefix, epoch + 1, meta)
+            prune(prefix, config.keep_checkpoints, best["epoch"] + 1 if best else None)
+        if rank == 0:
+            summary = summarize(records, started, config.target_top1, config.target_top5)
+            status = "complete" if last else "running"
+            if config.report:
+                write_report(Path(config.report), build_report(config_record, env, records, summary, status))
+            if config.dawn_tsv:
+                write_text_atomic(Path(config.dawn_tsv), "epoch\thours\ttop1Accuracy\ttop5Accuracy\n" + dawn_tsv(records))
+    if start_epoch >= plan.epochs:
+        print(f"{prefix}: all {plan.epochs} epochs are done; nothing to train", flush=True)
+    return 0
+
+
+def _warm_up(run: Run, settings: DataSettings) -> None:
+    """Run one forward pass so deferred shapes exist before loading weights."""
+    import mxnet as mx
+
+    side = settings.image_size
+    shape = (1, 3, side, side) if run.config.input_layout == "NCHW" else (1, side, side, 3)
+    for context in run.devices:
+        run.net(mx.nd.zeros(shape, ctx=context, dtype=run.precision.dtype))
+
+
+def score(config: Config, devices) -> int:
+    """--mode val: top-1/top-5 and img/s of a checkpoint on the val set."""
+    precision = resolve_precision(config.dtype, config.device, config.loss_scale)
+    prefix = Path(config.model_prefix)
+    done = complete_epochs(prefix)
+    epoch = config.load_epoch if config.load_epoch is not None else (done[-1] if done else None)
+    if epoch is None or epoch not in done:
+        raise UsageError(f"no complete checkpoint {prefix}-{(epoch or 0):04d} (found: {done or 'none'})")
+    meta = load_meta(prefix, epoch)
+    if meta.get("model") != model_name(config) or meta.get("classes") != config.num_classes:
+        raise UsageError(f"checkpoint {prefix}-{epoch:04d} holds {meta.get('model')} with {meta.get('classes')} "
+                         f"classes, not {model_name(config)} with {config.num_classes} (set --arch/--num-layers/--num-classes)")
+    net = build_net(config, devices, precision)
+    from .plan import base_data_settings
+    settings = base_data_settings(config)
+    run = Run(config, devices, precision, net, None, None, None)
+    _warm_up(run, settings)
+    load_weights(net, prefix, epoch, devices)
+    loader = _loader(config, "val", settings, devices, 0, 1, {})
+    scores = evaluate(net, loader)
+    print(f"{prefix}-{epoch:04d}: val top-1 {scores['val_top1']:.4f} top-5 {scores['val_top5']:.4f} "
+          f"over {scores['val_images']} images, {scores['val_ips']:.1f} img/s", flush=True)
+    return 0

@@ -1,0 +1,176 @@
+"""The training and validation loop: one step function for every precision
+and device count, metrics accumulated on the devices and read once per epoch.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..cli import UsageError
+from ..config import Config, model_name, to_dict
+from ..phases import DataSettings
+from .checkpoint import (complete_epochs, load_meta, load_states, load_weights, prune,
+                         save_checkpoint)
+from .plan import TrainingPlan, data_folder, make_plan
+from .precision import LossScaler, Precision, resolve_precision
+
+
+@dataclass
+class Run:
+    """Everything built once per run."""
+    config: Config
+    devices: list
+    precision: Precision
+    net: object
+    trainer: object
+    plan: TrainingPlan
+    scaler: LossScaler
+    rank: int = 0
+    num_workers: int = 1
+
+
+def build_net(config: Config, devices, precision: Precision):
+    import mxnet as mx
+
+    from ..models import get_model
+
+    net = get_model(model_name(config), classes=config.num_classes, layout=config.input_layout,
+                    init_bn0=config.init_bn0)
+    mx.random.seed(config.seed)
+    # He initialisation (Gaussian, fan-in, magnitude 2), as NVIDIA's example.
+    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=devices)
+    if precision.dtype != "float32":
+        net.cast(precision.dtype)   # BatchNorm keeps float32 parameters
+    net.hybridize(static_alloc=True, static_shape=True)
+    if not config.bn_wd:
+        for param in net.collect_params(".*gamma|.*beta|.*bias").values():
+            param.wd_mult = 0.0
+    return net
+
+
+def build_trainer(config: Config, net, precision: Precision):
+    from mxnet import gluon
+
+    optimizer = "nag" if config.nesterov else "sgd"
+    options = {"learning_rate": 0.0, "momentum": config.momentum, "wd": config.wd,
+               "multi_precision": precision.multi_precision}
+    kvstore = "device" if config.kv_store == "nccl" and config.device == "cpu" else config.kv_store
+    # update_on_kvstore=False: gradients are reduced, checked for overflow,
+    # then applied by the same code on every device count.
+    return gluon.Trainer(net.collect_params(), optimizer, options, kvstore=kvstore, update_on_kvstore=False)
+
+
+def _loader(config: Config, split: str, settings: DataSettings, devices, rank: int, num_workers: int, cache: Dict):
+    from ..data.loader import make_loader
+    from ..data.spec import Augment, LoaderSpec
+
+    folder = data_folder(config, settings)
+    key = (split, settings, str(folder))
+    if key not in cache:
+        spec = LoaderSpec(
+            prefix=(folder / split) if folder else None, train=(split == "train"), batch_size=settings.batch_size,
+            image_size=settings.image_size, devices=devices, backend=config.data_backend, dtype=config.dtype,
+            layout=config.input_layout, rank=rank, num_workers=num_workers,
+            augment=Augment(recipe=config.augment, min_scale=settings.min_scale, rect_val=settings.rect_val),
+            seed=config.seed, threads=config.dali_threads, num_classes=config.num_classes,
+            synthetic_images=config.num_examples)
+        cache.clear() if len(cache) > 4 else None
+        cache[key] = make_loader(spec)
+    return cache[key]
+
+
+def _pad_mask(size: int, pad: int, context):
+    import mxnet as mx
+    import numpy as np
+
+    mask = np.ones(size, dtype=np.float32)
+    mask[size - pad:] = 0
+    return mx.nd.array(mask, ctx=context)
+
+
+def _targets(label, classes: int, smoothing: float):
+    import mxnet as mx
+
+    if smoothing == 0:
+        return label
+    return mx.nd.one_hot(label, classes) * (1 - smoothing) + smoothing / classes
+
+
+def train_epoch(run: Run, epoch: int, loader, progress: bool) -> dict:
+    import mxnet as mx
+    from mxnet import autograd, gluon
+
+    config, net, trainer, scaler = run.config, run.net, run.trainer, run.scaler
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=config.label_smoothing == 0)
+    global_batch = loader.spec.batch_size * len(run.devices) * run.num_workers
+    steps = len(loader)
+    loss_sums = [mx.nd.zeros(1, ctx=c) for c in run.devices]
+    images = 0
+    skipped_before = scaler.skipped_steps
+    lr = 0.0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", file=sys.stderr, disable=None, leave=False)
+    started = time.perf_counter()
+    for iteration, step in enumerate(loader.epoch(epoch)):
+        lr, momentum = run.plan.schedule.at(epoch, iteration, steps)
+        trainer.set_learning_rate(lr)
+        trainer._optimizer.momentum = momentum
+        with autograd.record():
+            losses = []
+            for data, label, pad in step:
+                out = net(data).astype("float32")
+                loss = loss_fn(out, _targets(label, config.num_classes, config.label_smoothing))
+                if pad:
+                    loss = loss * _pad_mask(data.shape[0], pad, data.context)
+                losses.append(loss)
+            scaled = [loss * scaler.scale for loss in losses] if scaler.scale != 1 else losses
+        autograd.backward(scaled)
+        trainer.allreduce_grads()
+        finite = True
+        if scaler.dynamic:
+            grads = [p.list_grad()[0] for p in net.collect_params().values() if p.grad_req != "null"]
+            finite = bool(mx.nd.contrib.multi_all_finite(*grads, num_arrays=len(grads)).asscalar())
+        if scaler.update(finite):
+            trainer.update(global_batch * scaler.scale)
+        for i, loss in enumerate(losses):
+            loss_sums[i] += loss.sum()
+        images += sum(data.shape[0] - pad for data, _, pad in step)
+        if bar is not None:
+            bar.update(1)
+    total_loss = sum(float(s.asscalar()) for s in loss_sums)   # one sync per epoch
+    seconds = time.perf_counter() - started
+    if bar is not None:
+        bar.close()
+    return {"train_loss": total_loss / max(images, 1), "train_ips": images / seconds, "epoch_train_s": seconds,
+            "lr": lr, "skipped_steps": scaler.skipped_steps - skipped_before, "images": images}
+
+
+def evaluate(net, loader, epoch: int = 0) -> dict:
+    """Top-1 and top-5 over every val image exactly once (padding excluded)."""
+    import mxnet as mx
+
+    devices = loader.spec.devices
+    top1 = [mx.nd.zeros(1, ctx=c) for c in devices]
+    top5 = [mx.nd.zeros(1, ctx=c) for c in devices]
+    images = 0
+    started = time.perf_counter()
+    for step in loader.epoch(epoch):
+        for i, (data, label, pad) in enumerate(step):
+            out = net(data).astype("float32")
+            k = min(5, out.shape[1])
+            ranked = mx.nd.topk(out, k=k, ret_typ="indices").astype("float32")
+            hits = ranked == label.reshape((-1, 1))
+            valid = data.shape[0] - pad
+            top1[i] += hits[:valid, 0].sum()
+            top5[i] += hits[:valid].sum()
+            images += valid
+    correct1 = sum(float(t.asscalar()) for t in top1)
+    correct5 = sum(float(t.asscalar()) for t in top5)
+    seconds = time.perf_counter() - started
+    return {"val_top1": correct1 / images, "val_top5": correct5 / images, "val_ips": images / seconds,
+            "val_s": seconds, "val_images": images}
