@@ -81,10 +81,10 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     phase = rng.uniform(0, 2 * math.pi)
     stripes = 0.5 + 0.5 * np.sin((xs * math.cos(theta) + ys * math.sin(theta)) * 2 * math.pi / period + phase)
     gradient = (xs * rng.uniform(-1, 1) + ys * rng.uniform(-1, 1)) / max(height, width)
-    field = np.clip(rng.uniform(0.2, 0.7) * stripes + gradient + rng.uniform(0, 0.5), 0, 1)[..., None]
+    field = np.clip(rng.uniform(0.1, 0.35) * stripes + gradient + rng.uniform(0, 0.5), 0, 1)[..., None]
     colour_a, colour_b = rng.uniform(0, 255, size=(2, 3))
     image = colour_a * (1 - field) + colour_b * field
-    return image + rng.normal(0, rng.uniform(4, 16), size=image.shape)
+    return image + rng.normal(0, rng.uniform(3, 8), size=image.shape)
 
 
 def render_image(class_index: int, rng: np.random.Generator, size: int,
@@ -97,7 +97,7 @@ def render_image(class_index: int, rng: np.random.Generator, size: int,
         height, width = shape
         size = min(shape)
     image = _background(rng, height, width)
-    radius = rng.uniform(0.22, 0.42) * size
+    radius = rng.uniform(0.28, 0.45) * size
     centre = np.array([rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)])
     mask = np.zeros((height * SUPERSAMPLE, width * SUPERSAMPLE), np.uint8)
     _draw(CLASSES[class_index], mask, centre * SUPERSAMPLE, radius * SUPERSAMPLE, rng.uniform(0, 2 * math.pi))
@@ -105,7 +105,7 @@ def render_image(class_index: int, rng: np.random.Generator, size: int,
     # The shape's colour keeps a clear distance from the background's mean.
     mean = image.reshape(-1, 3).mean(axis=0)
     colour = rng.uniform(0, 255, size=3)
-    while np.abs(colour - mean).sum() < 150:
+    while np.abs(colour - mean).sum() < 200:
         colour = rng.uniform(0, 255, size=3)
     shaded = colour + rng.normal(0, 6, size=image.shape)
     return np.clip(image * (1 - alpha) + shaded * alpha, 0, 255).astype(np.uint8)

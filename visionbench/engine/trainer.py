@@ -82,6 +82,14 @@ def _loader(config: Config, split: str, settings: DataSettings, devices, rank: i
     return cache[key]
 
 
+def _float32(out):
+    """Logits in float32 for the loss. NDArray.astype copies outside autograd
+    (no gradient flows back): use the Cast operator, and only when needed."""
+    import mxnet as mx
+
+    return out if out.dtype == mx.nd.zeros(1).dtype else mx.nd.cast(out, dtype="float32")
+
+
 def _pad_mask(size: int, pad: int, context):
     import mxnet as mx
     import numpy as np
@@ -123,7 +131,7 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool) -> dict:
         with autograd.record():
             losses = []
             for data, label, pad in step:
-                out = net(data).astype("float32")
+                out = _float32(net(data))
                 loss = loss_fn(out, _targets(label, config.num_classes, config.label_smoothing))
                 if pad:
                     loss = loss * _pad_mask(data.shape[0], pad, data.context)
@@ -161,7 +169,7 @@ def evaluate(net, loader, epoch: int = 0) -> dict:
     started = time.perf_counter()
     for step in loader.epoch(epoch):
         for i, (data, label, pad) in enumerate(step):
-            out = net(data).astype("float32")
+            out = _float32(net(data))
             k = min(5, out.shape[1])
             ranked = mx.nd.topk(out, k=k, ret_typ="indices").astype("float32")
             hits = ranked == label.reshape((-1, 1))

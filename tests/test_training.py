@@ -1,0 +1,230 @@
+"""The trainer on CPU: data-parallel equivalence, kill-and-resume, schedules
+through the runner, reports, checkpoints, bad input."""
+import csv
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from conftest import ROOT, one_line_error, run_tool
+from visionbench.config import Config
+from visionbench.engine.plan import make_plan
+from visionbench.engine.precision import LossScaler, Precision, resolve_precision
+from visionbench.engine.trainer import Run, build_trainer, train_epoch
+from visionbench.report.schema import validate_report
+from visionbench.cli import UsageError
+
+
+def runner(*args, timeout=300):
+    return subprocess.run(["bash", str(ROOT / "runner"), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+
+
+class FixedLoader:
+    """The same global batches every epoch, split evenly over the devices
+    (a data source for the step function; MXNet itself runs for real)."""
+
+    def __init__(self, batches, devices):
+        self.batches, self.devices = batches, devices
+        self.spec = SimpleNamespace(batch_size=len(batches[0][1]) // len(devices), devices=devices)
+
+    def __len__(self):
+        return len(self.batches)
+
+    def epoch(self, epoch):
+        n = len(self.devices)
+        for data, label in self.batches:
+            parts = zip(np.array_split(data, n), np.array_split(label, n), self.devices)
+            yield [(mx.nd.array(d, ctx=c), mx.nd.array(l, ctx=c), 0) for d, l, c in parts]
+
+
+def _tiny_net(devices):
+    # No BatchNorm: per-device batch statistics would differ by design.
+    net = mx.gluon.nn.HybridSequential(prefix="tiny_")
+    with net.name_scope():
+        net.add(mx.gluon.nn.Conv2D(8, 3, padding=1, activation="relu"), mx.gluon.nn.GlobalAvgPool2D(),
+                mx.gluon.nn.Dense(5))
+    mx.random.seed(3)
+    net.initialize(mx.init.Xavier(), ctx=devices)
+    net.hybridize(static_alloc=True, static_shape=True)
+    return net
+
+
+def test_two_cpu_contexts_take_the_same_steps_as_one():
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((8, 3, 6, 6)).astype(np.float32), rng.integers(0, 5, 8).astype(np.float32))
+               for _ in range(4)]
+    weights, losses = [], []
+    for devices in ([mx.cpu(0)], [mx.cpu(0), mx.cpu(1)]):
+        # the same global batch of 8: 8 per device on one, 4 on two
+        config = Config(data_backend="synthetic", device="cpu", lr=0.5, warmup_epochs=0, num_epochs=2,
+                        batch_size=8 // len(devices))
+        net = _tiny_net(devices)
+        precision = resolve_precision("float32", "cpu", None)
+        trainer = build_trainer(config, net, precision)
+        plan = make_plan(config, len(devices), lambda settings: 4)
+        run = Run(config, devices, precision, net, trainer, plan, LossScaler(1.0, False))
+        result = train_epoch(run, 0, FixedLoader(batches, devices), progress=False)
+        losses.append(result["train_loss"])
+        weights.append({k.split("_", 1)[1]: v.data(devices[0]).asnumpy() for k, v in net.collect_params().items()})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for name in weights[0]:
+        np.testing.assert_allclose(weights[0][name], weights[1][name], rtol=1e-5, atol=1e-6)
+
+
+def test_loss_scaler():
+    scaler = LossScaler(8.0, dynamic=True, growth_interval=3)
+    assert scaler.update(True) and scaler.update(True)
+    assert not scaler.update(False) and scaler.scale == 4.0 and scaler.skipped_steps == 1
+    for _ in range(3):
+        assert scaler.update(True)
+    assert scaler.scale == 8.0
+    static = LossScaler(128.0, dynamic=False)
+    assert static.update(False) and static.scale == 128.0
+
+
+def test_precision_rules():
+    assert resolve_precision("float32", "cpu", None) == Precision("float32", False, 1.0, False)
+    assert resolve_precision("float16", "gpu", "512") == Precision("float16", True, 512.0, False)
+    assert resolve_precision("float16", "gpu", None).dynamic_loss_scale
+    with pytest.raises(UsageError, match="no float16 GEMM"):
+        resolve_precision("float16", "cpu", None)
+    with pytest.raises(UsageError, match="--loss-scale"):
+        resolve_precision("float16", "gpu", "lots")
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "d"
+    run_tool("make_demo_data.py", out, "--train-per-class", "16", "--val-per-class", "4", "--size", "32",
+             "--no-progress")
+    return out
+
+
+def _train_args(data, prefix, *extra):
+    return ["--device", "cpu", "-n", "1", "-b", "8", "--data-root", data, "--image-size", "32",
+            "--num-layers", "18", "--num-classes", "10", "--lr", "0.4", "--warmup-epochs", "0",
+            "--lr-steps", "100", "--model-prefix", prefix, "--seed", "5", *extra]
+
+
+def _params(prefix, epoch):
+    loaded = mx.nd.load(f"{prefix}-{epoch:04d}.params")
+    return {k: v.asnumpy() for k, v in loaded.items()}
+
+
+def test_kill_and_resume_equals_uninterrupted(tiny_demo, tmp_path):
+    whole = tmp_path / "whole" / "m"
+    whole.parent.mkdir()
+    result = runner(*_train_args(tiny_demo, whole, "-e", "3", "--report", tmp_path / "whole.json",
+                                 "--dawn-tsv", tmp_path / "whole.tsv"))
+    assert result.returncode == 0, result.stderr
+    killed = tmp_path / "killed" / "m"
+    killed.parent.mkdir()
+    args = ["bash", str(ROOT / "runner"), *map(str, _train_args(tiny_demo, killed, "-e", "3",
+                                                                "--report", tmp_path / "killed.json"))]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    deadline = time.monotonic() + 240
+    while not Path(f"{killed}-0001.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no first checkpoint"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    assert not Path(f"{killed}-0003.json").exists(), "the run finished before the kill"
+    resumed = runner(*_train_args(tiny_demo, killed, "-e", "3", "--report", tmp_path / "killed.json"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    final_whole, final_killed = _params(whole, 3), _params(killed, 3)
+    assert final_whole.keys() == final_killed.keys()
+    for name in final_whole:
+        np.testing.assert_allclose(final_killed[name], final_whole[name], rtol=1e-4, atol=1e-5)
+    report = json.loads((tmp_path / "killed.json").read_text())
+    validate_report(report, "train_report")
+    assert [e["epoch"] for e in report["epochs"]] == [0, 1, 2] and report["status"] == "complete"
+    whole_report = json.loads((tmp_path / "whole.json").read_text())
+    for a, b in zip(report["epochs"], whole_report["epochs"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_top1"] == pytest.approx(b["val_top1"], abs=1e-9)
+    tsv = (tmp_path / "whole.tsv").read_text().splitlines()
+    assert tsv[0] == "epoch\thours\ttop1Accuracy\ttop5Accuracy" and len(tsv) == 4
+    epoch, hours, top1, top5 = tsv[3].split("\t")
+    assert epoch == "2" and float(hours) > 0 and float(top1) == pytest.approx(100 * whole_report["epochs"][2]["val_top1"], abs=0.01)
+    # checkpoints: the last 2 and the best are kept
+    kept = sorted(p.name for p in whole.parent.glob("m-[0-9]*.json"))
+    assert "m-0003.json" in kept and "m-0002.json" in kept and len(kept) <= 3
+    # --mode val scores a checkpoint
+    scored = runner("--mode", "val", "--device", "cpu", "--data-root", tiny_demo, "--image-size", "32",
+                    "--num-layers", "18", "--num-classes", "10", "--model-prefix", whole, "--load-epoch", "3", "-b", "8")
+    assert scored.returncode == 0, scored.stderr
+    assert f"top-1 {whole_report['epochs'][2]['val_top1']:.4f}" in scored.stdout
+
+
+def test_resume_refuses_another_model_and_fresh_runs_keep_existing_files(tiny_demo, tmp_path):
+    prefix = tmp_path / "m"
+    assert runner(*_train_args(tiny_demo, prefix, "-e", "1", "--mode", "train")).returncode == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    other = runner(*_train_args(tiny_demo, prefix, "-e", "2", "--num-layers", "34"))
+    assert "holds resnet18_v1.5 with 10 classes, not resnet34_v1.5" in one_line_error(other)
+    refuse = runner(*_train_args(tiny_demo, prefix, "-e", "2", "--no-resume"))
+    assert "checkpoints exist" in one_line_error(refuse)
+    (tmp_path / "r.json").write_text("{}")
+    fresh = runner(*_train_args(tiny_demo, tmp_path / "n", "-e", "1", "--report", tmp_path / "r.json"))
+    assert "already exists" in one_line_error(fresh)
+    assert (tmp_path / "r.json").read_text() == "{}"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
+
+
+def test_training_learns_synthetic_batches(tmp_path):
+    result = runner("--device", "cpu", "--data-backend", "synthetic", "--num-examples", "64", "-b", "16",
+                    "--image-size", "16", "--num-layers", "18", "--num-classes", "4", "-e", "3", "--mode", "train",
+                    "--lr", "0.8", "--warmup-epochs", "0", "--model-prefix", tmp_path / "m", "--report", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    losses = [e["train_loss"] for e in json.loads((tmp_path / "r.json").read_text())["epochs"]]
+    assert losses[-1] < 0.5 * losses[0]   # the same 4 batches every epoch: memorised
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--dtype", "float16"], "no float16 GEMM"),
+    (["-b", "0"], "batch-size must be at least 1"),
+    (["--lr", "-0.1"], "lr must not be negative"),
+    (["--phases", "[{'ep': (0, 2), 'lr': 1}, {'ep': (3, 4), 'lr': 1}]"], "leave epochs 2..2 without an LR"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_training_input(tmp_path, args, words):
+    result = runner("--device", "cpu", "--data-backend", "synthetic", "--model-prefix", tmp_path / "m", *args)
+    assert result.returncode == 2
+    assert words in one_line_error(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_print_schedule_step_recipe_and_phases():
+    result = runner("--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-n", "8", "-b", "208",
+                    "--num-examples", "16640", "-e", "90")   # 10 steps per epoch
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 900 and list(rows[0]) == ["epoch", "iteration", "lr", "momentum", "image_size", "batch_size"]
+    base = 0.1 * 8 * 208 / 256
+    lr = {(int(r["epoch"]), int(r["iteration"])): float(r["lr"]) for r in rows}
+    assert lr[(0, 0)] == pytest.approx(base / 50) and lr[(4, 9)] == pytest.approx(base)
+    assert lr[(29, 9)] == pytest.approx(base) and lr[(30, 0)] == pytest.approx(base / 10)
+    assert lr[(60, 0)] == pytest.approx(base / 100) and lr[(80, 0)] == pytest.approx(base / 1000)
+    from test_schedules import IMAGENET18
+    phased = runner("--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-n", "8",
+                    "--num-examples", "65536", "--phases", IMAGENET18)
+    assert phased.returncode == 0, phased.stderr
+    rows = list(csv.DictReader(io.StringIO(phased.stdout)))
+    first = {int(r["epoch"]): r for r in reversed(rows)}   # first row of each epoch
+    assert sorted(first) == list(range(28))
+    assert (first[0]["image_size"], first[0]["batch_size"], float(first[0]["lr"])) == ("128", "512", 1.0)
+    assert (first[13]["image_size"], first[13]["batch_size"], float(first[13]["lr"])) == ("224", "224", 0.4375)
+    assert (first[25]["image_size"], first[25]["batch_size"], float(first[25]["lr"])) == ("288", "128", 0.0025)
+    steps = {e: sum(1 for r in rows if int(r["epoch"]) == e) for e in (0, 13, 25)}
+    assert steps == {0: 16, 13: 36, 25: 64}   # synthetic epochs: whole steps, 65536 // (8 x bs)
