@@ -61,6 +61,11 @@ def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], prog: str
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted; no finished output was written\n")
         return EXIT_SIGINT
+    except BrokenPipeError:
+        # `train.py --print-schedule | head`: the reader left; not an error.
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Terminated:
         sys.stderr.write(f"{prog}: terminated; no finished output was written\n")
         return EXIT_SIGTERM

@@ -230,11 +230,16 @@ def check(config: Config) -> None:
         raise UsageError("save-frequency must be 0 or more and keep-checkpoints at least 1")
     if not 0 < config.min_random_area <= 1:
         raise UsageError(f"min-random-area must be in (0, 1], got {config.min_random_area}")
+    if config.data_root and not Path(config.data_root).is_dir():
+        raise UsageError(f"--data-root {config.data_root} is not a folder")
+
+
+def check_data_root(config: Config) -> None:
+    """Checked after the devices are resolved, so that a missing GPU is the
+    first thing a CPU-only machine hears about."""
     if config.data_backend != "synthetic" and not config.data_root:
         raise UsageError(f"--data-backend {config.data_backend or 'dali'} reads --data-root DIR; "
                          "give one, or use --data-backend synthetic")
-    if config.data_root and not Path(config.data_root).is_dir():
-        raise UsageError(f"--data-root {config.data_root} is not a folder")
 
 
 def lr_steps(config: Config) -> tuple:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Optional, Sequence
 
 from .cli import UsageError, run_main
-from .config import Config, resolve
+from .config import Config, check_data_root, resolve
 from .data.spec import Augment, LoaderSpec
 
 
@@ -15,7 +15,11 @@ def resolve_devices(config: Config) -> Config:
     """Fill the automatic choices: device from what MXNet sees, backend from device."""
     import mxnet as mx
 
-    device = config.device or ("gpu" if mx.context.num_gpus() > 0 else "cpu")
+    gpus = mx.context.num_gpus()
+    if config.device == "gpu" and gpus == 0:
+        raise UsageError("--device gpu: MXNet sees no GPU (CPU build of mxnet, or no CUDA driver); "
+                         "on this machine use --device cpu (float32)")
+    device = config.device or ("gpu" if gpus > 0 else "cpu")
     backend = config.data_backend or ("dali-gpu" if device == "gpu" else "dali-cpu")
     if device == "cpu" and backend == "dali-gpu":
         raise UsageError("--data-backend dali-gpu decodes on GPUs; with --device cpu use dali-cpu")
@@ -50,6 +54,7 @@ def run_io(config: Config) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     config = resolve_devices(resolve(argv))
+    check_data_root(config)
     if config.print_schedule:
         from .engine.run import print_schedule
         return print_schedule(config, config.num_devices)

@@ -143,6 +143,9 @@ def train(config: Config, devices, rank: int = 0, num_workers: int = 1) -> int:
                 write_text_atomic(Path(config.dawn_tsv), "epoch\thours\ttop1Accuracy\ttop5Accuracy\n" + dawn_tsv(records))
     if start_epoch >= plan.epochs:
         print(f"{prefix}: all {plan.epochs} epochs are done; nothing to train", flush=True)
+    elif rank == 0:
+        from ..report.tables import epoch_table
+        print(epoch_table(records), flush=True)
     return 0
 
 

@@ -1,0 +1,71 @@
+"""Every examples/*.sh runs ./runner with its stated settings (dry runs on CPU)."""
+import csv
+import io
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, one_line_error
+
+EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.sh"))
+
+
+def run_example(name, *args):
+    return subprocess.run(["bash", str(ROOT / "examples" / name), *map(str, args)], capture_output=True,
+                          text=True, timeout=240, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+
+
+def test_the_published_set_exists():
+    assert set(EXAMPLES) == {f"RN50_{p}_{n}GPU.sh" for p in ("FP16", "FP32") for n in (1, 4, 8)} | {
+        "RN50_FP16_8GPU_PHASES.sh", "RN9_CIFAR10_DAWN.sh", "SCORE_FP16.sh", "SCORE_FP32.sh"}
+
+
+def test_seed_command_on_a_cpu_machine_says_why():
+    result = run_example("RN50_FP16_8GPU.sh")
+    assert result.returncode == 2
+    assert "MXNet sees no GPU" in one_line_error(result)
+
+
+def _schedule(name, examples):
+    result = run_example(name, "--print-schedule", "--device", "cpu", "--data-backend", "synthetic",
+                         "--num-examples", examples)
+    assert result.returncode == 0, result.stderr
+    return list(csv.DictReader(io.StringIO(result.stdout)))
+
+
+@pytest.mark.parametrize("precision, batch", [("FP16", 208), ("FP32", 96)])
+@pytest.mark.parametrize("devices", [1, 4, 8])
+def test_rn50_step_recipes(precision, batch, devices):
+    steps = 3
+    rows = _schedule(f"RN50_{precision}_{devices}GPU.sh", steps * batch * devices)
+    assert len(rows) == 90 * steps
+    assert {r["batch_size"] for r in rows} == {str(batch)} and {r["image_size"] for r in rows} == {"224"}
+    base = 0.1 * batch * devices / 256
+    lr = {(int(r["epoch"]), int(r["iteration"])): float(r["lr"]) for r in rows}
+    assert lr[(4, 2)] == pytest.approx(base) and lr[(30, 0)] == pytest.approx(base / 10)
+    assert lr[(89, 2)] == pytest.approx(base / 1000)
+    assert {r["momentum"] for r in rows} == {"0.9"}
+
+
+def test_phases_recipe():
+    rows = _schedule("RN50_FP16_8GPU_PHASES.sh", 8 * 512 * 2)
+    assert max(int(r["epoch"]) for r in rows) == 27
+    sizes = {int(r["epoch"]): r["image_size"] for r in rows}
+    assert (sizes[0], sizes[13], sizes[25]) == ("128", "224", "288")
+
+
+def test_cifar_dawn_recipe():
+    rows = _schedule("RN9_CIFAR10_DAWN.sh", 512 * 4)
+    lr = {(int(r["epoch"]), int(r["iteration"])): float(r["lr"]) for r in rows}
+    assert len(rows) == 24 * 4 and lr[(0, 0)] == 0.0 and lr[(5, 0)] == pytest.approx(0.4)
+    assert lr[(23, 3)] == pytest.approx(0.4 * (1 - (18 + 3 / 4) / 19))
+    assert {r["batch_size"] for r in rows} == {"512"} and {r["image_size"] for r in rows} == {"32"}
+
+
+@pytest.mark.parametrize("name", ["SCORE_FP16.sh", "SCORE_FP32.sh"])
+def test_score_scripts_run_val_mode(name):
+    text = (ROOT / "examples" / name).read_text()
+    assert "--mode val" in text and '"$@"' in text
+    result = run_example(name, "--help")
+    assert result.returncode == 0 and "--load-epoch" in result.stdout
