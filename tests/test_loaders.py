@@ -1,12 +1,10 @@
 """make_loader on real .rec files: dali-cpu, mxnet and synthetic backends on CPU."""
-import io
 from pathlib import Path
 
 import cv2
 import mxnet as mx
 import numpy as np
 import pytest
-from PIL import Image
 
 from visionbench.cli import UsageError
 from visionbench.data.loader import make_loader

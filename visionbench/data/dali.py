@@ -162,8 +162,6 @@ def build_pipeline(spec: LoaderSpec, feed: _EpochFeed, context, seed: int):
 
 def dali_epoch(spec: LoaderSpec, reader: RecordReader, plans: List[ShardEpoch], epoch: int) -> Iterator[list]:
     """Yield, per step, one (data, label) pair of NDArrays per device."""
-    import mxnet as mx
-
     feeds = [_EpochFeed(reader, plan, spec) for plan in plans]
     pipes = [build_pipeline(spec, feed, context, derive_seed(spec.seed, spec.shard_id(i), epoch))
              for i, (feed, context) in enumerate(zip(feeds, spec.devices))]

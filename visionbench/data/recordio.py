@@ -426,7 +426,7 @@ class RecordReader:
         header, payload = mx.recordio.unpack(record)
         return float(header.label), memoryview(payload)
 
-    def image_sizes(self) -> "np.ndarray":
+    def image_sizes(self):
         """(width, height) per position, parsed from the image headers once and
         cached as PREFIX.sizes.npy (rebuilt when the .idx or .rec changes)."""
         import io

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from ..cli import UsageError
 from ..config import Config, model_name, to_dict

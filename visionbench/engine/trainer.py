@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict
 
-from ..cli import UsageError
-from ..config import Config, model_name, to_dict
+from ..config import Config, model_name
 from ..phases import DataSettings
-from .checkpoint import (complete_epochs, load_meta, load_states, load_weights, prune,
-                         save_checkpoint)
-from .plan import TrainingPlan, data_folder, make_plan
-from .precision import LossScaler, Precision, resolve_precision
+from .plan import TrainingPlan, data_folder
+from .precision import LossScaler, Precision
 
 
 @dataclass
@@ -77,7 +73,8 @@ def _loader(config: Config, split: str, settings: DataSettings, devices, rank: i
             augment=Augment(recipe=config.augment, min_scale=settings.min_scale, rect_val=settings.rect_val),
             seed=config.seed, threads=config.dali_threads, num_classes=config.num_classes,
             synthetic_images=config.num_examples)
-        cache.clear() if len(cache) > 4 else None
+        if len(cache) >= 4:   # phases change settings a few times; keep memory bounded
+            cache.clear()
         cache[key] = make_loader(spec)
     return cache[key]
 
