@@ -100,11 +100,13 @@ def demo_parser() -> ArgumentParser:
         description="Generate the demo dataset (10 shape classes) as JPEG folders and RecordIO sets "
                     "OUT_DIR/train.* and OUT_DIR/val.*.")
     parser.add_argument("out_dir", type=Path, help="created if missing (its parent must exist)")
-    parser.add_argument("--train-per-class", type=positive_int, default=200, metavar="N",
+    # Defaults: what `make demo` trains on (ResNet18 at 32 px: the val resize
+    # to round(32 / 0.875) = 37 pixels is then the identity).
+    parser.add_argument("--train-per-class", type=positive_int, default=600, metavar="N",
                         help="train images per class (default: %(default)s)")
     parser.add_argument("--val-per-class", type=positive_int, default=50, metavar="M",
                         help="val images per class (default: %(default)s)")
-    parser.add_argument("--size", type=positive_int, default=64, metavar="S",
+    parser.add_argument("--size", type=positive_int, default=37, metavar="S",
                         help="shorter image side in pixels (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: %(default)s)")
     parser.add_argument("--workers", type=positive_int, default=2, metavar="K",
