@@ -75,3 +75,16 @@ def one_line_error(result) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
     return lines[0]
+
+
+def run_runner(*args, timeout: float = 300):
+    """./runner with this interpreter and a minimal environment."""
+    return subprocess.run(["bash", str(ROOT / "runner"), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+
+
+def make_small_demo(folder: Path, train_per_class: int, val_per_class: int = 4) -> Path:
+    """A demo dataset of 32-pixel images, small enough for a test to train on."""
+    run_tool("make_demo_data.py", folder, "--train-per-class", train_per_class, "--val-per-class",
+             val_per_class, "--size", "32", "--no-progress")
+    return folder

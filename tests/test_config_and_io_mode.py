@@ -1,12 +1,10 @@
 """The config layers (defaults -> recipe -> flags) and `runner --mode io`."""
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, one_line_error, run_tool
+from conftest import make_small_demo, one_line_error, run_runner
 from visionbench.cli import UsageError
 from visionbench.config import Config, resolve
 
@@ -44,22 +42,14 @@ def test_checks(tmp_path):
         resolve(["--data-backend", "synthetic", "-b", "0"])
 
 
-def _runner(*args):
-    return subprocess.run(["bash", str(ROOT / "runner"), *map(str, args)], capture_output=True, text=True,
-                          timeout=240, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
-
-
 @pytest.fixture(scope="module")
 def demo_set(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "d"
-    run_tool("make_demo_data.py", out, "--train-per-class", "8", "--val-per-class", "4", "--size", "32",
-             "--no-progress")
-    return out
+    return make_small_demo(tmp_path_factory.mktemp("demo") / "d", 8)
 
 
 @pytest.mark.parametrize("backend", ["dali-cpu", "mxnet", "synthetic"])
 def test_runner_io_mode_prints_throughput(demo_set, backend):
-    result = _runner("--mode", "io", "--device", "cpu", "-n", "2", "-b", "8", "--data-root", demo_set,
+    result = run_runner("--mode", "io", "--device", "cpu", "-n", "2", "-b", "8", "--data-root", demo_set,
                      "--data-backend", backend, "--image-size", "32", "-i", "6", "--warmup-iterations", "2",
                      "--num-examples", "160")
     assert result.returncode == 0, result.stderr
@@ -72,11 +62,11 @@ def test_runner_io_mode_prints_throughput(demo_set, backend):
 
 
 def test_runner_bad_input(demo_set):
-    line = one_line_error(_runner("--mode", "io", "--device", "cpu", "--data-root", demo_set, "-b", "5000",
+    line = one_line_error(run_runner("--mode", "io", "--device", "cpu", "--data-root", demo_set, "-b", "5000",
                                   "--image-size", "32"))
     assert "fewer than the batch size 5000" in line
-    line = one_line_error(_runner("--mode", "io", "--device", "cpu", "--data-root", demo_set, "--image-size", "4"))
+    line = one_line_error(run_runner("--mode", "io", "--device", "cpu", "--data-root", demo_set, "--image-size", "4"))
     assert "below the minimum of 8" in line
-    assert "reads --data-root" in one_line_error(_runner("--mode", "io", "--device", "cpu"))
-    line = one_line_error(_runner("--mode", "io", "--device", "gpu", "--data-root", demo_set))
+    assert "reads --data-root" in one_line_error(run_runner("--mode", "io", "--device", "cpu"))
+    line = one_line_error(run_runner("--mode", "io", "--device", "gpu", "--data-root", demo_set))
     assert "MXNet sees no GPU" in line

@@ -14,18 +14,13 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT, one_line_error, run_tool
+from conftest import ROOT, make_small_demo, one_line_error, run_runner
 from visionbench.config import Config
 from visionbench.engine.plan import make_plan
 from visionbench.engine.precision import LossScaler, Precision, resolve_precision
 from visionbench.engine.trainer import Run, build_trainer, train_epoch
 from visionbench.report.schema import validate_report
 from visionbench.cli import UsageError
-
-
-def runner(*args, timeout=300):
-    return subprocess.run(["bash", str(ROOT / "runner"), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
 
 
 class FixedLoader:
@@ -103,10 +98,7 @@ def test_precision_rules():
 
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "d"
-    run_tool("make_demo_data.py", out, "--train-per-class", "16", "--val-per-class", "4", "--size", "32",
-             "--no-progress")
-    return out
+    return make_small_demo(tmp_path_factory.mktemp("demo") / "d", 16)
 
 
 def _train_args(data, prefix, *extra):
@@ -123,7 +115,7 @@ def _params(prefix, epoch):
 def test_kill_and_resume_equals_uninterrupted(tiny_demo, tmp_path):
     whole = tmp_path / "whole" / "m"
     whole.parent.mkdir()
-    result = runner(*_train_args(tiny_demo, whole, "-e", "3", "--report", tmp_path / "whole.json",
+    result = run_runner(*_train_args(tiny_demo, whole, "-e", "3", "--report", tmp_path / "whole.json",
                                  "--dawn-tsv", tmp_path / "whole.tsv"))
     assert result.returncode == 0, result.stderr
     killed = tmp_path / "killed" / "m"
@@ -139,7 +131,7 @@ def test_kill_and_resume_equals_uninterrupted(tiny_demo, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=30)
     assert not Path(f"{killed}-0003.json").exists(), "the run finished before the kill"
-    resumed = runner(*_train_args(tiny_demo, killed, "-e", "3", "--report", tmp_path / "killed.json"))
+    resumed = run_runner(*_train_args(tiny_demo, killed, "-e", "3", "--report", tmp_path / "killed.json"))
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout
     final_whole, final_killed = _params(whole, 3), _params(killed, 3)
@@ -161,7 +153,7 @@ def test_kill_and_resume_equals_uninterrupted(tiny_demo, tmp_path):
     kept = sorted(p.name for p in whole.parent.glob("m-[0-9]*.json"))
     assert "m-0003.json" in kept and "m-0002.json" in kept and len(kept) <= 3
     # --mode val scores a checkpoint
-    scored = runner("--mode", "val", "--device", "cpu", "--data-root", tiny_demo, "--image-size", "32",
+    scored = run_runner("--mode", "val", "--device", "cpu", "--data-root", tiny_demo, "--image-size", "32",
                     "--num-layers", "18", "--num-classes", "10", "--model-prefix", whole, "--load-epoch", "3", "-b", "8")
     assert scored.returncode == 0, scored.stderr
     assert f"top-1 {whole_report['epochs'][2]['val_top1']:.4f}" in scored.stdout
@@ -169,21 +161,21 @@ def test_kill_and_resume_equals_uninterrupted(tiny_demo, tmp_path):
 
 def test_resume_refuses_another_model_and_fresh_runs_keep_existing_files(tiny_demo, tmp_path):
     prefix = tmp_path / "m"
-    assert runner(*_train_args(tiny_demo, prefix, "-e", "1", "--mode", "train")).returncode == 0
+    assert run_runner(*_train_args(tiny_demo, prefix, "-e", "1", "--mode", "train")).returncode == 0
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    other = runner(*_train_args(tiny_demo, prefix, "-e", "2", "--num-layers", "34"))
+    other = run_runner(*_train_args(tiny_demo, prefix, "-e", "2", "--num-layers", "34"))
     assert "holds resnet18_v1.5 with 10 classes, not resnet34_v1.5" in one_line_error(other)
-    refuse = runner(*_train_args(tiny_demo, prefix, "-e", "2", "--no-resume"))
+    refuse = run_runner(*_train_args(tiny_demo, prefix, "-e", "2", "--no-resume"))
     assert "checkpoints exist" in one_line_error(refuse)
     (tmp_path / "r.json").write_text("{}")
-    fresh = runner(*_train_args(tiny_demo, tmp_path / "n", "-e", "1", "--report", tmp_path / "r.json"))
+    fresh = run_runner(*_train_args(tiny_demo, tmp_path / "n", "-e", "1", "--report", tmp_path / "r.json"))
     assert "already exists" in one_line_error(fresh)
     assert (tmp_path / "r.json").read_text() == "{}"
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
 
 
 def test_training_learns_synthetic_batches(tmp_path):
-    result = runner("--device", "cpu", "--data-backend", "synthetic", "--num-examples", "64", "-b", "16",
+    result = run_runner("--device", "cpu", "--data-backend", "synthetic", "--num-examples", "64", "-b", "16",
                     "--image-size", "16", "--num-layers", "18", "--num-classes", "4", "-e", "3", "--mode", "train",
                     "--lr", "0.8", "--warmup-epochs", "0", "--model-prefix", tmp_path / "m", "--report", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
@@ -199,14 +191,14 @@ def test_training_learns_synthetic_batches(tmp_path):
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_training_input(tmp_path, args, words):
-    result = runner("--device", "cpu", "--data-backend", "synthetic", "--model-prefix", tmp_path / "m", *args)
+    result = run_runner("--device", "cpu", "--data-backend", "synthetic", "--model-prefix", tmp_path / "m", *args)
     assert result.returncode == 2
     assert words in one_line_error(result)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_print_schedule_step_recipe_and_phases():
-    result = runner("--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-n", "8", "-b", "208",
+    result = run_runner("--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-n", "8", "-b", "208",
                     "--num-examples", "16640", "-e", "90")   # 10 steps per epoch
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
@@ -217,7 +209,7 @@ def test_print_schedule_step_recipe_and_phases():
     assert lr[(29, 9)] == pytest.approx(base) and lr[(30, 0)] == pytest.approx(base / 10)
     assert lr[(60, 0)] == pytest.approx(base / 100) and lr[(80, 0)] == pytest.approx(base / 1000)
     from test_schedules import IMAGENET18
-    phased = runner("--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-n", "8",
+    phased = run_runner("--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-n", "8",
                     "--num-examples", "65536", "--phases", IMAGENET18)
     assert phased.returncode == 0, phased.stderr
     rows = list(csv.DictReader(io.StringIO(phased.stdout)))
