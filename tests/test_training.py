@@ -172,14 +172,23 @@ def test_resume_refuses_another_model_and_fresh_runs_keep_existing_files(tiny_de
     assert "already exists" in one_line_error(fresh)
     assert (tmp_path / "r.json").read_text() == "{}"
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
+    # a damaged checkpoint: refused with its name, left as it is
+    params = tmp_path / "m-0001.params"
+    params.write_bytes(params.read_bytes()[:1000])
+    damaged = run_runner(*_train_args(tiny_demo, prefix, "-e", "2"))
+    assert "m-0001.params does not fit this model" in one_line_error(damaged)
+    assert params.stat().st_size == 1000
 
 
-def test_training_learns_synthetic_batches(tmp_path):
-    result = run_runner("--device", "cpu", "--data-backend", "synthetic", "--num-examples", "64", "-b", "16",
+def test_two_cpu_contexts_through_the_runner_learn(tmp_path):
+    # -n 2: split over two CPU contexts, gradients reduced by the kvstore
+    result = run_runner("--device", "cpu", "-n", "2", "--data-backend", "synthetic", "--num-examples", "64", "-b", "8",
                     "--image-size", "16", "--num-layers", "18", "--num-classes", "4", "-e", "3", "--mode", "train",
                     "--lr", "0.8", "--warmup-epochs", "0", "--model-prefix", tmp_path / "m", "--report", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
-    losses = [e["train_loss"] for e in json.loads((tmp_path / "r.json").read_text())["epochs"]]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["environment"]["device_count"] == 2
+    losses = [e["train_loss"] for e in report["epochs"]]
     assert losses[-1] < 0.5 * losses[0]   # the same 4 batches every epoch: memorised
 
 
@@ -208,6 +217,13 @@ def test_print_schedule_step_recipe_and_phases():
     assert lr[(0, 0)] == pytest.approx(base / 50) and lr[(4, 9)] == pytest.approx(base)
     assert lr[(29, 9)] == pytest.approx(base) and lr[(30, 0)] == pytest.approx(base / 10)
     assert lr[(60, 0)] == pytest.approx(base / 100) and lr[(80, 0)] == pytest.approx(base / 1000)
+    cycle = run_runner("--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-b", "256",
+                       "--num-examples", "2560", "-e", "10", "--lr-schedule", "onecycle", "--lr", "0.4")
+    rows = list(csv.DictReader(io.StringIO(cycle.stdout)))
+    assert len(rows) == 100   # 10 epochs x 10 steps; the peak at step 0.3 x 100 - 1 = 29
+    assert (float(rows[0]["lr"]), float(rows[0]["momentum"])) == pytest.approx((0.4 / 25, 0.95))
+    assert (float(rows[29]["lr"]), float(rows[29]["momentum"])) == pytest.approx((0.4, 0.85))
+    assert (float(rows[99]["lr"]), float(rows[99]["momentum"])) == pytest.approx((0.4 / 25 / 1e4, 0.95))
     from test_schedules import IMAGENET18
     phased = run_runner("--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-n", "8",
                     "--num-examples", "65536", "--phases", IMAGENET18)

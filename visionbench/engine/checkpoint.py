@@ -77,8 +77,14 @@ def load_weights(net, prefix: Path, epoch: int, devices) -> None:
     try:
         net.collect_params().load(str(path), ctx=devices, allow_missing=False, ignore_extra=False)
     except Exception as err:  # noqa: BLE001 - MXNet raises AssertionError/MXNetError/ValueError
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(f"checkpoint {path} does not fit this model ({message})")
+        raise UsageError(f"checkpoint {path} does not fit this model ({_last_line(err)})")
+
+
+def _last_line(err: Exception) -> str:
+    """MXNet's errors carry a C++ traceback: their last line says what failed."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(err).__name__
+    return text.replace("MXNetError: ", "")[:200]
 
 
 def load_states(trainer, prefix: Path, epoch: int) -> None:
