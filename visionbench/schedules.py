@@ -32,14 +32,18 @@ def _end_progress(epoch: int, iteration: int, iterations: int) -> float:
     return epoch + (iteration + 1) / iterations
 
 
-def _warmup(base_lr: float, warmup_epochs: float, progress: float):
-    if warmup_epochs > 0 and progress <= warmup_epochs:
-        return base_lr * progress / warmup_epochs
-    return None
+class _WarmupSchedule:
+    """Linear warmup from 0 over ``warmup_epochs``, then ``after_warmup``."""
+
+    def at(self, epoch: int, iteration: int, iterations: int) -> Tuple[float, float]:
+        progress = _end_progress(epoch, iteration, iterations)
+        if self.warmup_epochs > 0 and progress <= self.warmup_epochs:
+            return self.base_lr * progress / self.warmup_epochs, self.momentum
+        return self.after_warmup(epoch, progress), self.momentum
 
 
 @dataclass(frozen=True)
-class StepSchedule:
+class StepSchedule(_WarmupSchedule):
     base_lr: float
     epochs: int
     warmup_epochs: float = 5
@@ -47,30 +51,22 @@ class StepSchedule:
     factor: float = 0.1
     momentum: float = 0.9
 
-    def at(self, epoch: int, iteration: int, iterations: int) -> Tuple[float, float]:
-        progress = _end_progress(epoch, iteration, iterations)
-        warm = _warmup(self.base_lr, self.warmup_epochs, progress)
-        if warm is not None:
-            return warm, self.momentum
+    def after_warmup(self, epoch: int, progress: float) -> float:
         decays = sum(1 for step in self.decay_epochs if epoch >= step)
-        return self.base_lr * self.factor ** decays, self.momentum
+        return self.base_lr * self.factor ** decays
 
 
 @dataclass(frozen=True)
-class CosineSchedule:
+class CosineSchedule(_WarmupSchedule):
     base_lr: float
     epochs: int
     warmup_epochs: float = 5
     momentum: float = 0.9
 
-    def at(self, epoch: int, iteration: int, iterations: int) -> Tuple[float, float]:
-        progress = _end_progress(epoch, iteration, iterations)
-        warm = _warmup(self.base_lr, self.warmup_epochs, progress)
-        if warm is not None:
-            return warm, self.momentum
+    def after_warmup(self, epoch: int, progress: float) -> float:
         span = self.epochs - self.warmup_epochs
         fraction = min(1.0, (progress - self.warmup_epochs) / span) if span > 0 else 1.0
-        return self.base_lr * 0.5 * (1 + math.cos(math.pi * fraction)), self.momentum
+        return self.base_lr * 0.5 * (1 + math.cos(math.pi * fraction))
 
 
 def _cosine_anneal(start: float, end: float, fraction: float) -> float:
