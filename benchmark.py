@@ -1,8 +1,15 @@
 #!/usr/bin/env python3
-"""Thin CLI over visionbench.bench. Not yet: lands with the benchmark issue."""
+"""Sweep device counts, batch sizes and precisions through ./runner:
+
+    python benchmark.py -n 1,4,8 -b 208 --dtype float16 -o rn50.json
+    python benchmark.py -n 1 -b 1,8,64 --only-inference -e 3 -w 1 -o infer.json
+
+Thin CLI over visionbench.bench.sweep.
+"""
 import sys
 
+from visionbench.bench.sweep import main
+from visionbench.cli import run_main
+
 if __name__ == "__main__":
-    sys.stderr.write("benchmark.py: not yet implemented: sweeps are not part of this release yet "
-                     "(see README.md); data_prep/ works today\n")
-    sys.exit(1)
+    sys.exit(run_main(main, "benchmark.py"))

@@ -1,6 +1,7 @@
 """Every examples/*.sh runs ./runner with its stated settings (dry runs on CPU)."""
 import csv
 import io
+import json
 import subprocess
 import sys
 
@@ -18,7 +19,31 @@ def run_example(name, *args):
 
 def test_the_published_set_exists():
     assert set(EXAMPLES) == {f"RN50_{p}_{n}GPU.sh" for p in ("FP16", "FP32") for n in (1, 4, 8)} | {
-        "RN50_FP16_8GPU_PHASES.sh", "RN9_CIFAR10_DAWN.sh", "SCORE_FP16.sh", "SCORE_FP32.sh"}
+        "RN50_FP16_8GPU_PHASES.sh", "RN9_CIFAR10_DAWN.sh", "SCORE_FP16.sh", "SCORE_FP32.sh",
+        "BENCHMARK_FP16.sh", "BENCHMARK_FP32.sh", "INFER_BENCHMARK_FP16.sh", "INFER_BENCHMARK_FP32.sh"}
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("BENCHMARK_FP16.sh", "--dtype float16 -n 1,4,8 -b 64,128,192,208 -e 2 -w 1 -i 100"),
+    ("BENCHMARK_FP32.sh", "--dtype float32 -n 1,4,8 -b 32,64,96 -e 2 -w 1 -i 100"),
+    ("INFER_BENCHMARK_FP16.sh", "--dtype float16 -n 1 -b 1,2,4,8,16,32,64,96,128,192,208 --only-inference -e 3 -w 1"),
+    ("INFER_BENCHMARK_FP32.sh", "--dtype float32 -n 1 -b 1,2,4,8,16,32,64,96 --only-inference -e 3 -w 1"),
+])
+def test_benchmark_recipes_on_a_cpu_machine_say_why(name, expected):
+    assert expected in (ROOT / "examples" / name).read_text()
+    result = run_example(name, "-o", "/nonexistent/never-written.json")
+    assert result.returncode == 2
+    assert "MXNet sees no GPU" in one_line_error(result)
+
+
+def test_inference_recipe_runs_on_cpu_with_overrides(tmp_path):
+    report = tmp_path / "infer.json"
+    result = run_example("INFER_BENCHMARK_FP32.sh", "--device", "cpu", "-b", "1,2", "-i", "3", "--num-layers", "18",
+                         "--image-size", "32", "-o", report)
+    assert result.returncode == 0, result.stderr
+    records = json.loads(report.read_text())["results"]
+    assert [(r["batch_size"], r["status"], r["timed_iterations"]) for r in records] == [(1, "ok", 6), (2, "ok", 6)]
+    assert all("--num-layers 18" in r["command"] for r in records)
 
 
 def test_seed_command_on_a_cpu_machine_says_why():

@@ -198,12 +198,24 @@ def test_two_cpu_contexts_through_the_runner_learn(tmp_path):
     (["--lr", "-0.1"], "lr must not be negative"),
     (["--phases", "[{'ep': (0, 2), 'lr': 1}, {'ep': (3, 4), 'lr': 1}]"], "leave epochs 2..2 without an LR"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--benchmark"], "use it with --mode train"),
+    (["--mode", "inference", "-e", "1"], "nothing would be timed"),
+    (["--mode", "train", "--benchmark", "-e", "3", "--benchmark-warmup-epochs", "-1"], "benchmark-warmup-epochs"),
 ])
 def test_bad_training_input(tmp_path, args, words):
     result = run_runner("--device", "cpu", "--data-backend", "synthetic", "--model-prefix", tmp_path / "m", *args)
     assert result.returncode == 2
     assert words in one_line_error(result)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_iterations_cap_the_steps_of_every_epoch():
+    result = run_runner("--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-b", "8",
+                        "-e", "2", "-i", "3", "--lr-schedule", "cosine", "--warmup-epochs", "0")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(r["epoch"], r["iteration"]) for r in rows] == [(e, i) for e in "01" for i in "012"]
+    assert float(rows[2]["lr"]) == pytest.approx(0.1 * 8 / 256 / 2)   # cosine half-way once 3 of 6 steps are done
 
 
 def test_print_schedule_step_recipe_and_phases():

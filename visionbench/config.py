@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from .cli import ArgumentParser, UsageError
 
-MODES = ("train", "val", "train_val", "io")
+MODES = ("train", "val", "train_val", "io", "inference")
 DEVICES = ("gpu", "cpu")
 
 
@@ -30,7 +30,8 @@ def option(default, *flags: str, help: str, choices: Optional[Sequence] = None, 
 class Config:
     # --- what to run
     mode: str = option("train_val", "--mode", choices=MODES,
-                       help="train_val, train, val, or io (only the input pipeline, to measure it)")
+                       help="train_val, train, val, io (only the input pipeline, to measure it), or inference "
+                            "(forward passes only, to measure img/s and latency per batch)")
     # --- devices
     num_devices: int = option(1, "-n", "--num-devices", "--ngpus", metavar="N",
                               help="devices on this machine (GPUs 0..N-1, or N CPU contexts)")
@@ -115,10 +116,17 @@ class Config:
                                           help="report the training time to reach this val top-5 (fraction)")
     # --- measuring
     iterations: Optional[int] = option(None, "-i", "--iterations", metavar="I",
-                                       help="steps to run (io mode: measured steps; default one epoch)")
+                                       help="train/inference: at most I steps per epoch; io: measured steps "
+                                            "(default: one whole epoch)")
     warmup_iterations: int = option(10, "--warmup-iterations", metavar="W",
                                     help="io mode: steps run before timing starts")
     io_split: str = option("train", "--io-split", choices=("train", "val"), help="io mode: which split to read")
+    benchmark: bool = option(False, "--benchmark",
+                             help="train mode as a measurement: no checkpoints, no resume; ends with a "
+                                  "'benchmark-result:' JSON line (img/s after the warm-up epochs)")
+    benchmark_warmup_epochs: int = option(1, "--benchmark-warmup-epochs", metavar="W",
+                                          help="--benchmark and inference mode: first W epochs are run "
+                                               "but not timed")
 
     @property
     def data_prefix(self) -> dict:
@@ -207,6 +215,11 @@ def check(config: Config) -> None:
             raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if config.iterations is not None and config.iterations < 1:
         raise UsageError(f"iterations must be at least 1, got {config.iterations}")
+    if (config.benchmark or config.mode == "inference") and not 0 <= config.benchmark_warmup_epochs < config.num_epochs:
+        raise UsageError(f"benchmark-warmup-epochs must be in 0..{config.num_epochs - 1} (num-epochs "
+                         f"{config.num_epochs}), got {config.benchmark_warmup_epochs}: nothing would be timed")
+    if config.benchmark and config.mode != "train":
+        raise UsageError(f"--benchmark measures training: use it with --mode train, not --mode {config.mode}")
     if config.warmup_iterations < 0:
         raise UsageError(f"warmup-iterations must be 0 or more, got {config.warmup_iterations}")
     if config.dali_threads is not None and config.dali_threads < 1:

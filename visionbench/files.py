@@ -62,10 +62,14 @@ def fsync_dir(folder: Path) -> None:
 
 
 def write_text_atomic(final: Path, text: str) -> None:
+    write_bytes_atomic(final, text.encode("utf-8"))
+
+
+def write_bytes_atomic(final: Path, data: bytes) -> None:
     tmp = partial_path(final)
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)

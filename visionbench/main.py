@@ -66,6 +66,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     devices = make_contexts(config.device, config.num_devices)
     if config.mode == "val":
         return score(config, devices)
+    if config.mode == "inference":
+        from .bench.inference import run_inference
+        return run_inference(config, devices)
     return train(config, devices)
 
 

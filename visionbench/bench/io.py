@@ -11,7 +11,8 @@ import time
 from typing import Iterator, List
 
 
-def _steps(loader, first_epoch: int = 0) -> Iterator[list]:
+def steps_forever(loader, first_epoch: int = 0) -> Iterator[list]:
+    """Steps of successive epochs, without end."""
     for epoch in itertools.count(first_epoch):
         yield from loader.epoch(epoch)
 
@@ -20,7 +21,7 @@ def measure_loader(loader, iterations: int, warmup: int) -> dict:
     """Images per second (padding excluded), in total and per device."""
     import mxnet as mx
 
-    steps = _steps(loader)
+    steps = steps_forever(loader)
     for _ in range(warmup):
         next(steps)
     mx.nd.waitall()

@@ -35,8 +35,9 @@ def plan_for(config: Config, devices_per_worker: int, num_workers: int = 1) -> T
         key = settings.trndir
         if key not in counts:
             counts[key] = _train_images(config, settings)
-        return steps_per_epoch(config.data_backend, counts[key], settings.batch_size,
-                               devices_per_worker, num_workers)
+        steps = steps_per_epoch(config.data_backend, counts[key], settings.batch_size,
+                                devices_per_worker, num_workers)
+        return min(steps, config.iterations) if config.iterations else steps
 
     return make_plan(config, devices_per_worker * num_workers, steps_of)
 
@@ -78,7 +79,8 @@ def train(config: Config, devices, rank: int = 0, num_workers: int = 1) -> int:
     precision = resolve_precision(config.dtype, config.device, config.loss_scale)
     plan = plan_for(config, len(devices), num_workers)
     prefix = Path(config.model_prefix)
-    done = complete_epochs(prefix)
+    # A benchmark neither resumes nor writes checkpoints: every point starts cold.
+    done = [] if config.benchmark else complete_epochs(prefix)
     if done and not config.resume:
         raise UsageError(f"checkpoints exist under {prefix} (epoch {done[-1]}); "
                          "resume with --resume or choose another --model-prefix")
@@ -108,11 +110,16 @@ def train(config: Config, devices, rank: int = 0, num_workers: int = 1) -> int:
     validate = config.mode == "train_val"
     elapsed = records[-1]["elapsed_s"] if records else 0.0
     best = max((r for r in records if r["val_top1"] is not None), key=lambda r: r["val_top1"], default=None)
+    timed = {"images": 0, "seconds": 0.0, "iterations": 0}   # epochs after the benchmark warm-up
     for epoch in range(start_epoch, plan.epochs):
         settings = plan.settings(epoch)
         train_loader = _loader(config, "train", settings, devices, rank, num_workers, loaders)
         result = train_epoch(run, epoch, train_loader, progress=True)
         elapsed += result["epoch_train_s"]
+        if epoch >= config.benchmark_warmup_epochs:
+            timed["images"] += result["images"]
+            timed["seconds"] += result["epoch_train_s"]
+            timed["iterations"] += result["iterations"]
         record = {"epoch": epoch, "elapsed_s": elapsed, "epoch_train_s": result["epoch_train_s"],
                   "val_s": None, "train_loss": result["train_loss"], "train_ips": result["train_ips"],
                   "val_top1": None, "val_top5": None, "val_ips": None, "lr": result["lr"],
@@ -127,7 +134,7 @@ def train(config: Config, devices, rank: int = 0, num_workers: int = 1) -> int:
             best = record
         print(_epoch_line(record, plan.epochs), flush=True)
         last = epoch + 1 == plan.epochs
-        if rank == 0 and config.save_frequency and ((epoch + 1) % config.save_frequency == 0 or last):
+        if rank == 0 and config.save_frequency and not config.benchmark and ((epoch + 1) % config.save_frequency == 0 or last):
             meta = {"epoch": epoch + 1, "model": model_name(config), "classes": config.num_classes,
                     "layout": config.input_layout, "dtype": config.dtype, "seed": config.seed,
                     "loss_scaler": scaler.state(), "epochs": records, "config": config_record}
@@ -145,7 +152,21 @@ def train(config: Config, devices, rank: int = 0, num_workers: int = 1) -> int:
     elif rank == 0:
         from ..report.tables import epoch_table
         print(epoch_table(records), flush=True)
+    if config.benchmark and rank == 0:
+        _print_benchmark_result(config, timed, len(devices) * num_workers)
     return 0
+
+
+def _print_benchmark_result(config: Config, timed: dict, devices_total: int) -> None:
+    from ..bench.timing import result_line
+
+    ips = timed["images"] / timed["seconds"]
+    print(f"benchmark: {ips:.1f} img/s over {timed['images']} images in {timed['iterations']} steps "
+          f"({timed['seconds']:.2f} s; data loading, forward, backward, gradient reduction and update; "
+          f"first {config.benchmark_warmup_epochs} epoch(s) not timed)", flush=True)
+    print(result_line({"mode": "train", "ips": ips, "timed_images": timed["images"],
+                       "timed_s": timed["seconds"], "timed_iterations": timed["iterations"],
+                       "devices": devices_total, "latency_ms": None}), flush=True)
 
 
 def _warm_up(run: Run, settings: DataSettings) -> None:

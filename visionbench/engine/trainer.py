@@ -111,7 +111,7 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool) -> dict:
     config, net, trainer, scaler = run.config, run.net, run.trainer, run.scaler
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=config.label_smoothing == 0)
     global_batch = loader.spec.batch_size * len(run.devices) * run.num_workers
-    steps = len(loader)
+    steps = min(len(loader), config.iterations) if config.iterations else len(loader)
     loss_sums = [mx.nd.zeros(1, ctx=c) for c in run.devices]
     images = 0
     skipped_before = scaler.skipped_steps
@@ -121,7 +121,7 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool) -> dict:
         from tqdm import tqdm
         bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", file=sys.stderr, disable=None, leave=False)
     started = time.perf_counter()
-    for iteration, step in enumerate(loader.epoch(epoch)):
+    for iteration, step in zip(range(steps), loader.epoch(epoch)):
         lr, momentum = run.plan.schedule.at(epoch, iteration, steps)
         trainer.set_learning_rate(lr)
         trainer._optimizer.momentum = momentum
@@ -148,11 +148,13 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool) -> dict:
         if bar is not None:
             bar.update(1)
     total_loss = sum(float(s.asscalar()) for s in loss_sums)   # one sync per epoch
+    mx.nd.waitall()   # the last update too: the epoch's time covers all of its work
     seconds = time.perf_counter() - started
     if bar is not None:
         bar.close()
     return {"train_loss": total_loss / max(images, 1), "train_ips": images / seconds, "epoch_train_s": seconds,
-            "lr": lr, "skipped_steps": scaler.skipped_steps - skipped_before, "images": images}
+            "lr": lr, "skipped_steps": scaler.skipped_steps - skipped_before, "images": images,
+            "iterations": steps}
 
 
 def evaluate(net, loader, epoch: int = 0) -> dict:

@@ -1,0 +1,83 @@
+"""The benchmark report (benchmark.py -o REPORT.json) and what is written
+beside it: REPORT.md (the tables) and REPORT.png (the plot)."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Dict, List
+
+from ..files import write_bytes_atomic, write_text_atomic
+from .schema import validate_report
+
+SCHEMA_VERSION = 1
+
+
+def add_ratios(records: List[dict]) -> None:
+    """Fill weak_scaling and speedup_vs_float32 from the points that succeeded."""
+    ips = {(r["ngpus"], r["batch_size"], r["dtype"]): r["ips"] for r in records if r["status"] == "ok"}
+    for r in records:
+        own = ips.get((r["ngpus"], r["batch_size"], r["dtype"]))
+        single = ips.get((1, r["batch_size"], r["dtype"]))
+        fp32 = ips.get((r["ngpus"], r["batch_size"], "float32"))
+        r["weak_scaling"] = own / (r["ngpus"] * single) if own and single else None
+        r["speedup_vs_float32"] = own / fp32 if own and fp32 else None
+
+
+def build_report(mode: str, config: dict, env: dict, records: List[dict], status: str) -> dict:
+    add_ratios(records)
+    report = {"schema_version": SCHEMA_VERSION, "kind": "benchmark", "mode": mode, "status": status,
+              "config": config, "environment": env, "results": records}
+    validate_report(report, "benchmark_report")
+    return report
+
+
+def write_report(path: Path, report: dict) -> None:
+    write_text_atomic(Path(path), json.dumps(report, indent=2) + "\n")
+
+
+WHAT_IS_TIMED = {
+    "train": ("img/s: images of the timed epochs (after the warm-up epochs) / their wall time; each epoch "
+              "includes data loading, forward, backward, gradient reduction and the update, fenced by "
+              "mx.nd.waitall(). Weak scaling: img/s(n) / (n x img/s(1)) at the same batch per device and dtype."),
+    "inference": ("latency: one batch already in device memory through the hybridized network (static memory) "
+                  "until every device's output is ready; no data loading. img/s: timed images / wall time of the "
+                  "timed iterations (the warm-up epochs are run but not timed)."),
+}
+
+
+def markdown(report: dict, tables: Dict[str, object]) -> str:
+    from .tables import failures
+
+    env = report["environment"]
+    lines = [f"# Benchmark report ({report['mode']})", "",
+             f"{env['device_count']} x {env['device_kind']} max, {env['cpu_count']} CPU cores, MXNet {env['mxnet']}, "
+             f"DALI {env['dali']}, commit {env['git_commit']}.", "", WHAT_IS_TIMED[report["mode"]], ""]
+    for title, frame in tables.items():
+        lines += [f"## {title}", "", frame.to_markdown(floatfmt=".4g"), ""]
+    failed = failures(report["results"])
+    if failed:
+        lines += ["## Points that failed", ""] + [f"- {line}" for line in failed] + [""]
+    lines += ["## Commands", "", "Each point's exact command; rerunning one prints its figures again "
+              "(last line, `benchmark-result:`).", ""]
+    for r in report["results"]:
+        lines += [f"- n {r['ngpus']}, batch {r['batch_size']}, {r['dtype']} ({r['status']}): `{r['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(report: dict, outputs: Dict[str, Path]) -> str:
+    """Write REPORT.md and REPORT.png; returns the tables as text for the terminal."""
+    from .plots import benchmark_figure
+    from .tables import benchmark_tables, failures
+
+    tables = benchmark_tables(report)
+    write_text_atomic(outputs["md"], markdown(report, tables))
+    figure = benchmark_figure(report)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    write_bytes_atomic(outputs["png"], buffer.getvalue())
+    text = [f"{title}\n{frame.to_string(float_format=lambda v: f'{v:.4g}', na_rep='-')}"
+            for title, frame in tables.items()]
+    text += [f"failed: {line}" for line in failures(report["results"])]
+    text.append(f"wrote {outputs['json']}, {outputs['md']}, {outputs['png']}")
+    return "\n\n".join(text)
