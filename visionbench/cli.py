@@ -43,6 +43,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def die_with_parent() -> None:
+    """In a child process (``preexec_fn``/pool initializer): get SIGKILL when
+    the parent dies (Linux), so a SIGKILLed parent leaves no orphans."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _raise_terminated(signum, frame):
     raise Terminated()
 

@@ -18,6 +18,8 @@ from .cli import ArgumentParser, UsageError
 
 MODES = ("train", "val", "train_val", "io", "inference")
 DEVICES = ("gpu", "cpu")
+KV_STORES = ("device", "local", "nccl", "dist_sync", "dist_device_sync", "horovod")
+DIST_KV_STORES = ("dist_sync", "dist_device_sync")
 
 
 def option(default, *flags: str, help: str, choices: Optional[Sequence] = None, metavar: str = None):
@@ -70,8 +72,24 @@ class Config:
     # --- precision and devices
     loss_scale: Optional[str] = option(None, "--loss-scale", metavar="S",
                                        help="float16: a static loss scale, or 'dynamic' (default)")
-    kv_store: str = option("device", "--kv-store", choices=("device", "local", "nccl"),
-                           help="gradient aggregation across this machine's devices")
+    kv_store: str = option("device", "--kv-store", choices=KV_STORES,
+                           help="gradient aggregation: device/local/nccl within this machine; dist_sync or "
+                                "dist_device_sync: MXNet's parameter server across workers and machines; "
+                                "horovod (optional extra, one device per process, started by horovodrun)")
+    # --- several workers (--kv-store dist_sync|dist_device_sync)
+    nnodes: int = option(1, "--nnodes", metavar="N", help="machines in the job")
+    node_rank: int = option(0, "--node-rank", metavar="R", help="this machine's index, 0..N-1 (0 runs the scheduler)")
+    master_addr: str = option("127.0.0.1", "--master-addr", metavar="HOST",
+                              help="address of node 0, where the scheduler listens")
+    master_port: Optional[int] = option(None, "--master-port", metavar="PORT",
+                                        help="the scheduler's port (default: a free one on a single machine, "
+                                             "9000 across machines)")
+    num_servers: int = option(1, "--num-servers", metavar="S", help="parameter servers started on each machine")
+    local_workers: int = option(1, "--local-workers", metavar="W",
+                                help="workers started on this machine, each training on its own -n devices")
+    sample_log: Optional[str] = option(None, "--sample-log", metavar="DIR",
+                                       help="write the dataset positions each worker reads per epoch to "
+                                            "DIR/rank-R-epoch-E.json (DALI backends; for checking sharding)")
     # --- optimizer and schedule
     num_epochs: int = option(90, "-e", "--num-epochs", metavar="E", help="epochs (ignored with --phases)")
     lr: float = option(0.1, "--lr", metavar="LR",
@@ -243,8 +261,38 @@ def check(config: Config) -> None:
         raise UsageError("save-frequency must be 0 or more and keep-checkpoints at least 1")
     if not 0 < config.min_random_area <= 1:
         raise UsageError(f"min-random-area must be in (0, 1], got {config.min_random_area}")
+    check_distributed(config)
     if config.data_root and not Path(config.data_root).is_dir():
         raise UsageError(f"--data-root {config.data_root} is not a folder")
+
+
+def check_distributed(config: Config) -> None:
+    dist = config.kv_store in DIST_KV_STORES
+    if not dist and (config.nnodes, config.node_rank, config.local_workers) != (1, 0, 1):
+        raise UsageError("--nnodes/--node-rank/--local-workers start parameter-server jobs: "
+                         "add --kv-store dist_sync (or dist_device_sync)")
+    for name in ("nnodes", "num_servers", "local_workers"):
+        if getattr(config, name) < 1:
+            raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if not 0 <= config.node_rank < config.nnodes:
+        raise UsageError(f"--node-rank must be in 0..{config.nnodes - 1} (--nnodes {config.nnodes}), got {config.node_rank}")
+    if config.master_port is not None and not 1 <= config.master_port <= 65535:
+        raise UsageError(f"--master-port must be in 1..65535, got {config.master_port}")
+    if (dist or config.kv_store == "horovod") and config.mode not in ("train", "train_val"):
+        raise UsageError(f"--kv-store {config.kv_store} trains across workers: use --mode train or train_val, "
+                         f"not {config.mode}")
+    if (dist or config.kv_store == "horovod") and config.data_backend == "mxnet":
+        raise UsageError("--data-backend mxnet cannot give every worker the same number of steps per epoch "
+                         "(ImageRecordIter's parts differ); use dali-gpu or dali-cpu across workers")
+    if config.kv_store == "horovod" and config.num_devices != 1:
+        raise UsageError("--kv-store horovod runs one device per process: use -n 1 and start one process "
+                         "per GPU with horovodrun")
+    if config.sample_log:
+        if config.data_backend in ("synthetic", "mxnet"):
+            raise UsageError(f"--sample-log records the DALI sampler's choices; --data-backend "
+                             f"{config.data_backend} has none")
+        if not Path(config.sample_log).is_dir():
+            raise UsageError(f"--sample-log {config.sample_log} is not a folder")
 
 
 def check_data_root(config: Config) -> None:

@@ -2,12 +2,13 @@
 explicit arguments, and run the requested mode."""
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from typing import Optional, Sequence
 
 from .cli import UsageError, run_main
-from .config import Config, check_data_root, resolve
+from .config import DIST_KV_STORES, Config, check_data_root, resolve
 from .data.spec import Augment, LoaderSpec
 
 
@@ -55,21 +56,32 @@ def run_io(config: Config) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     config = resolve_devices(resolve(argv))
     check_data_root(config)
+    distributed = config.kv_store in DIST_KV_STORES
     if config.print_schedule:
         from .engine.run import print_schedule
-        return print_schedule(config, config.num_devices)
+        workers = config.nnodes * config.local_workers if distributed else 1
+        return print_schedule(config, config.num_devices, workers)
+    if distributed and "DMLC_ROLE" not in os.environ:
+        # This process launches the job; the workers it starts run this same command line.
+        from .engine.launch import launch
+        return launch(config, list(sys.argv[1:] if argv is None else argv))
     if config.mode == "io":
         return run_io(config)
+    from .engine.collective import make_group
     from .engine.devices import make_contexts
     from .engine.run import score, train
 
-    devices = make_contexts(config.device, config.num_devices)
     if config.mode == "val":
-        return score(config, devices)
+        return score(config, make_contexts(config.device, config.num_devices))
     if config.mode == "inference":
         from .bench.inference import run_inference
-        return run_inference(config, devices)
-    return train(config, devices)
+        return run_inference(config, make_contexts(config.device, config.num_devices))
+    from .engine.launch import LOCAL_WORKER_ENV
+
+    group = make_group(config.kv_store)
+    # The GPUs of this worker: horovod's local rank, or the launcher's local worker index x -n.
+    first = getattr(group, "local_rank", int(os.environ.get(LOCAL_WORKER_ENV, "0")) * config.num_devices)
+    return train(config, make_contexts(config.device, config.num_devices, first), group)
 
 
 def entry() -> None:

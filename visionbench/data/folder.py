@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from ..cli import UsageError
+from ..cli import UsageError, die_with_parent
 from ..files import check_writable_folder
 from .images import DEFAULT_JPEG_QUALITY, Prepared, prepare_file
 from .recordio import RecordSetWriter
@@ -99,10 +99,7 @@ def _worker_init() -> None:
     # workers behind. Ctrl-C is handled by the parent alone.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        import ctypes
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    die_with_parent()
 
 
 def ordered_map(fn: Callable, tasks: Iterable, workers: int) -> Iterator:

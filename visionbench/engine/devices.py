@@ -6,9 +6,10 @@ from typing import List
 from ..cli import UsageError
 
 
-def make_contexts(device: str, count: int) -> List:
-    """GPUs 0..count-1, or ``count`` CPU contexts (the same data-parallel code
-    path: split across contexts, reduce through the kvstore)."""
+def make_contexts(device: str, count: int, first: int = 0) -> List:
+    """GPUs first..first+count-1, or ``count`` CPU contexts (the same
+    data-parallel code path: split across contexts, reduce through the
+    kvstore). ``first`` > 0 for the second and later workers on one machine."""
     import mxnet as mx
 
     if device == "cpu":
@@ -16,6 +17,8 @@ def make_contexts(device: str, count: int) -> List:
     available = mx.context.num_gpus()
     if available == 0:
         raise UsageError("--device gpu: MXNet sees no GPU (CPU build of mxnet, or no driver); use --device cpu")
-    if count > available:
-        raise UsageError(f"-n {count}: only {available} GPUs are visible")
-    return [mx.gpu(i) for i in range(count)]
+    if first + count > available:
+        raise UsageError(f"GPUs {first}..{first + count - 1} asked for (-n {count}"
+                         f"{f', worker {first // count} of this machine' if first else ''}); "
+                         f"only {available} are visible")
+    return [mx.gpu(i) for i in range(first, first + count)]

@@ -11,7 +11,7 @@ from ..phases import DataSettings
 from .checkpoint import complete_epochs, load_meta, load_states, load_weights, prune, save_checkpoint
 from .plan import TrainingPlan, data_folder, format_rows, make_plan
 from .precision import LossScaler, resolve_precision
-from .trainer import Run, _loader, build_net, build_trainer, evaluate, train_epoch
+from .trainer import Run, _loader, build_net, build_trainer, evaluate, result_steps, train_epoch
 
 
 def _train_images(config: Config, settings: DataSettings) -> int:
@@ -42,8 +42,8 @@ def plan_for(config: Config, devices_per_worker: int, num_workers: int = 1) -> T
     return make_plan(config, devices_per_worker * num_workers, steps_of)
 
 
-def print_schedule(config: Config, devices_per_worker: int) -> int:
-    plan = plan_for(config, devices_per_worker)
+def print_schedule(config: Config, devices_per_worker: int, num_workers: int = 1) -> int:
+    plan = plan_for(config, devices_per_worker, num_workers)
     for line in format_rows(plan):
         print(line)
     return 0
@@ -72,37 +72,49 @@ def _epoch_line(record: dict, epochs: int) -> str:
             f"size {record['image_size']}, batch {record['batch_size']}; {val}")
 
 
-def train(config: Config, devices, rank: int = 0, num_workers: int = 1) -> int:
-    from ..report.train_report import build_report, dawn_tsv, environment, summarize, write_report
+def train(config: Config, devices, group=None) -> int:
+    """Train on this worker's ``devices``; ``group`` (engine/collective.py) says
+    which worker this is and sums metrics over all of them. Rank 0 alone
+    prints, writes checkpoints and reports."""
     from ..files import write_text_atomic
+    from ..report.train_report import build_report, dawn_tsv, environment, summarize, write_report
+    from .collective import Single
 
+    group = group or Single()
+    rank, num_workers = group.rank, group.size
+    say = print if rank == 0 else (lambda *args, **kwargs: None)
     precision = resolve_precision(config.dtype, config.device, config.loss_scale)
     plan = plan_for(config, len(devices), num_workers)
     prefix = Path(config.model_prefix)
     # A benchmark neither resumes nor writes checkpoints: every point starts cold.
     done = [] if config.benchmark else complete_epochs(prefix)
-    if done and not config.resume:
-        raise UsageError(f"checkpoints exist under {prefix} (epoch {done[-1]}); "
+    # Every worker resumes from the epoch rank 0 found (the prefix must be
+    # readable by every worker: a shared file system, or copies).
+    start_epoch = group.broadcast_int(done[-1] if done else 0)
+    if start_epoch and start_epoch not in done:
+        raise UsageError(f"worker {rank}: rank 0 resumes from {prefix}-{start_epoch:04d}, which this machine "
+                         "cannot read (put --model-prefix on a shared file system or copy it to every machine)")
+    if start_epoch and not config.resume:
+        raise UsageError(f"checkpoints exist under {prefix} (epoch {start_epoch}); "
                          "resume with --resume or choose another --model-prefix")
-    _check_outputs(config, resuming=bool(done))
+    if rank == 0:
+        _check_outputs(config, resuming=bool(start_epoch))
     net = build_net(config, devices, precision)
-    trainer = build_trainer(config, net, precision)
+    trainer = build_trainer(config, net, precision, group.kvstore)
     scaler = LossScaler(precision.loss_scale, precision.dynamic_loss_scale)
-    run = Run(config, devices, precision, net, trainer, plan, scaler, rank, num_workers)
+    run = Run(config, devices, precision, net, trainer, plan, scaler, group)
     records: List[dict] = []
-    start_epoch = 0
-    if done:
-        start_epoch = done[-1]
+    if start_epoch:
         meta = load_meta(prefix, start_epoch)
         if meta.get("model") != model_name(config) or meta.get("classes") != config.num_classes:
             raise UsageError(f"checkpoint {prefix}-{start_epoch:04d} holds {meta.get('model')} with "
                              f"{meta.get('classes')} classes, not {model_name(config)} with {config.num_classes}")
-        _warm_up(run, plan.settings(start_epoch))
         load_weights(net, prefix, start_epoch, devices)
         load_states(trainer, prefix, start_epoch)
         scaler.restore(meta["loss_scaler"])
         records = meta["epochs"]
-        print(f"resuming from {prefix}-{start_epoch:04d} (epoch {start_epoch} of {plan.epochs} done)", flush=True)
+        say(f"resuming from {prefix}-{start_epoch:04d} (epoch {start_epoch} of {plan.epochs} done)", flush=True)
+    group.prepare_trainer(trainer, net.collect_params())
     env = environment(config.device, len(devices) * num_workers)
     config_record = to_dict(config)
     started = time.time()
@@ -114,7 +126,9 @@ def train(config: Config, devices, rank: int = 0, num_workers: int = 1) -> int:
     for epoch in range(start_epoch, plan.epochs):
         settings = plan.settings(epoch)
         train_loader = _loader(config, "train", settings, devices, rank, num_workers, loaders)
-        result = train_epoch(run, epoch, train_loader, progress=True)
+        if config.sample_log:
+            _log_samples(Path(config.sample_log), rank, epoch, train_loader, result_steps(config, train_loader))
+        result = train_epoch(run, epoch, train_loader, progress=rank == 0)
         elapsed += result["epoch_train_s"]
         if epoch >= config.benchmark_warmup_epochs:
             timed["images"] += result["images"]
@@ -124,15 +138,15 @@ def train(config: Config, devices, rank: int = 0, num_workers: int = 1) -> int:
                   "val_s": None, "train_loss": result["train_loss"], "train_ips": result["train_ips"],
                   "val_top1": None, "val_top5": None, "val_ips": None, "lr": result["lr"],
                   "image_size": settings.image_size, "batch_size": settings.batch_size,
-                  "skipped_steps": result["skipped_steps"]}
+                  "skipped_steps": result["skipped_steps"], "train_images": result["images"], "val_images": None}
         if validate:
             val_loader = _loader(config, "val", settings, devices, rank, num_workers, loaders)
-            scores = evaluate(net, val_loader, epoch)
-            record.update({k: scores[k] for k in ("val_top1", "val_top5", "val_ips", "val_s")})
+            scores = evaluate(net, val_loader, epoch, group)
+            record.update({k: scores[k] for k in ("val_top1", "val_top5", "val_ips", "val_s", "val_images")})
         records.append(record)
         if record["val_top1"] is not None and (best is None or record["val_top1"] > best["val_top1"]):
             best = record
-        print(_epoch_line(record, plan.epochs), flush=True)
+        say(_epoch_line(record, plan.epochs), flush=True)
         last = epoch + 1 == plan.epochs
         if rank == 0 and config.save_frequency and not config.benchmark and ((epoch + 1) % config.save_frequency == 0 or last):
             meta = {"epoch": epoch + 1, "model": model_name(config), "classes": config.num_classes,
@@ -148,7 +162,7 @@ def train(config: Config, devices, rank: int = 0, num_workers: int = 1) -> int:
             if config.dawn_tsv:
                 write_text_atomic(Path(config.dawn_tsv), "epoch\thours\ttop1Accuracy\ttop5Accuracy\n" + dawn_tsv(records))
     if start_epoch >= plan.epochs:
-        print(f"{prefix}: all {plan.epochs} epochs are done; nothing to train", flush=True)
+        say(f"{prefix}: all {plan.epochs} epochs are done; nothing to train", flush=True)
     elif rank == 0:
         from ..report.tables import epoch_table
         print(epoch_table(records), flush=True)
@@ -169,14 +183,19 @@ def _print_benchmark_result(config: Config, timed: dict, devices_total: int) -> 
                        "devices": devices_total, "latency_ms": None}), flush=True)
 
 
-def _warm_up(run: Run, settings: DataSettings) -> None:
-    """Run one forward pass so deferred shapes exist before loading weights."""
-    import mxnet as mx
+def _log_samples(folder: Path, rank: int, epoch: int, loader, steps: int) -> None:
+    """--sample-log: the dataset positions (padding excluded) this worker's
+    devices read in ``epoch``, one JSON file per worker and epoch."""
+    import json
 
-    side = settings.image_size
-    shape = (1, 3, side, side) if run.config.input_layout == "NCHW" else (1, side, side, 3)
-    for context in run.devices:
-        run.net(mx.nd.zeros(shape, ctx=context, dtype=run.precision.dtype))
+    from ..files import write_text_atomic
+
+    positions = []
+    for plan in loader.plans(epoch):
+        for batch, pad in zip(plan.positions[:steps], plan.pads[:steps]):
+            positions += batch[:len(batch) - int(pad)].tolist()
+    write_text_atomic(folder / f"rank-{rank}-epoch-{epoch}.json",
+                      json.dumps({"rank": rank, "epoch": epoch, "positions": positions}) + "\n")
 
 
 def score(config: Config, devices) -> int:
@@ -194,8 +213,6 @@ def score(config: Config, devices) -> int:
     net = build_net(config, devices, precision)
     from .plan import base_data_settings
     settings = base_data_settings(config)
-    run = Run(config, devices, precision, net, None, None, None)
-    _warm_up(run, settings)
     load_weights(net, prefix, epoch, devices)
     loader = _loader(config, "val", settings, devices, 0, 1, {})
     scores = evaluate(net, loader)

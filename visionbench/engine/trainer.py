@@ -24,8 +24,11 @@ class Run:
     trainer: object
     plan: TrainingPlan
     scaler: LossScaler
-    rank: int = 0
-    num_workers: int = 1
+    group: object = None        # engine/collective.py: this worker among all (None: the only one)
+
+    @property
+    def num_workers(self) -> int:
+        return self.group.size if self.group is not None else 1
 
 
 def build_net(config: Config, devices, precision: Precision):
@@ -47,13 +50,19 @@ def build_net(config: Config, devices, precision: Precision):
     return net
 
 
-def build_trainer(config: Config, net, precision: Precision):
+def build_trainer(config: Config, net, precision: Precision, kvstore=None):
+    """``kvstore``: the job's parameter-server kvstore object, or None for
+    this machine's kvstore named by --kv-store."""
     from mxnet import gluon
 
     optimizer = "nag" if config.nesterov else "sgd"
     options = {"learning_rate": 0.0, "momentum": config.momentum, "wd": config.wd,
                "multi_precision": precision.multi_precision}
-    kvstore = "device" if config.kv_store == "nccl" and config.device == "cpu" else config.kv_store
+    if config.kv_store == "horovod":   # optional extra; not installed on the test machines
+        import horovod.mxnet as hvd
+        return hvd.DistributedTrainer(net.collect_params(), optimizer, options)
+    if kvstore is None:
+        kvstore = "device" if config.kv_store == "nccl" and config.device == "cpu" else config.kv_store
     # update_on_kvstore=False: gradients are reduced, checked for overflow,
     # then applied by the same code on every device count.
     return gluon.Trainer(net.collect_params(), optimizer, options, kvstore=kvstore, update_on_kvstore=False)
@@ -111,7 +120,10 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool) -> dict:
     config, net, trainer, scaler = run.config, run.net, run.trainer, run.scaler
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=config.label_smoothing == 0)
     global_batch = loader.spec.batch_size * len(run.devices) * run.num_workers
-    steps = min(len(loader), config.iterations) if config.iterations else len(loader)
+    # Gradients arrive summed over every device of every worker; Horovod's
+    # DistributedTrainer already divides by the number of processes.
+    update_batch = global_batch // run.num_workers if config.kv_store == "horovod" else global_batch
+    steps = result_steps(config, loader)
     loss_sums = [mx.nd.zeros(1, ctx=c) for c in run.devices]
     images = 0
     skipped_before = scaler.skipped_steps
@@ -141,7 +153,7 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool) -> dict:
             grads = [p.list_grad()[0] for p in net.collect_params().values() if p.grad_req != "null"]
             finite = bool(mx.nd.contrib.multi_all_finite(*grads, num_arrays=len(grads)).asscalar())
         if scaler.update(finite):
-            trainer.update(global_batch * scaler.scale)
+            trainer.update(update_batch * scaler.scale)
         for i, loss in enumerate(losses):
             loss_sums[i] += loss.sum()
         images += sum(data.shape[0] - pad for data, _, pad in step)
@@ -150,6 +162,9 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool) -> dict:
     total_loss = sum(float(s.asscalar()) for s in loss_sums)   # one sync per epoch
     mx.nd.waitall()   # the last update too: the epoch's time covers all of its work
     seconds = time.perf_counter() - started
+    if run.group is not None:   # every worker's images and loss; the time is this worker's
+        total_loss, images = run.group.sum([total_loss, images])
+        images = int(round(images))
     if bar is not None:
         bar.close()
     return {"train_loss": total_loss / max(images, 1), "train_ips": images / seconds, "epoch_train_s": seconds,
@@ -157,8 +172,14 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool) -> dict:
             "iterations": steps}
 
 
-def evaluate(net, loader, epoch: int = 0) -> dict:
-    """Top-1 and top-5 over every val image exactly once (padding excluded)."""
+def result_steps(config: Config, loader) -> int:
+    """Steps of a training epoch: the loader's, capped by -i."""
+    return min(len(loader), config.iterations) if config.iterations else len(loader)
+
+
+def evaluate(net, loader, epoch: int = 0, group=None) -> dict:
+    """Top-1 and top-5 over every val image exactly once (padding excluded),
+    summed over all workers' shards when ``group`` has several."""
     import mxnet as mx
 
     devices = loader.spec.devices
@@ -179,5 +200,8 @@ def evaluate(net, loader, epoch: int = 0) -> dict:
     correct1 = sum(float(t.asscalar()) for t in top1)
     correct5 = sum(float(t.asscalar()) for t in top5)
     seconds = time.perf_counter() - started
+    if group is not None:
+        correct1, correct5, images = group.sum([correct1, correct5, images])
+        images = int(round(images))
     return {"val_top1": correct1 / images, "val_top5": correct5 / images, "val_ips": images / seconds,
             "val_s": seconds, "val_images": images}

@@ -20,12 +20,16 @@ DEPTHS = {18: ([2, 2, 2, 2], "basic"), 34: ([3, 4, 6, 3], "basic"), 50: ([3, 4, 
 STAGE_WIDTHS = [64, 128, 256, 512]   # channels of each stage's 3x3 convolutions
 
 
-def _conv(channels: int, kernel: int, stride: int, layout: str) -> nn.Conv2D:
-    return nn.Conv2D(channels, kernel, strides=stride, padding=kernel // 2, use_bias=False, layout=layout)
+# Every layer is given its input channels, so every parameter has its shape
+# at construction: no deferred initialisation, no forward pass needed before
+# weights are loaded or shared through a distributed kvstore.
+def _conv(channels: int, kernel: int, stride: int, layout: str, in_channels: int) -> nn.Conv2D:
+    return nn.Conv2D(channels, kernel, strides=stride, padding=kernel // 2, use_bias=False, layout=layout,
+                     in_channels=in_channels)
 
 
-def _bn(layout: str, zero_gamma: bool = False) -> nn.BatchNorm:
-    return nn.BatchNorm(axis=1 if layout == "NCHW" else 3,
+def _bn(layout: str, channels: int, zero_gamma: bool = False) -> nn.BatchNorm:
+    return nn.BatchNorm(axis=1 if layout == "NCHW" else 3, in_channels=channels,
                         gamma_initializer="zeros" if zero_gamma else "ones")
 
 
@@ -40,18 +44,22 @@ class _Block(nn.HybridBlock):
             self.body = nn.HybridSequential(prefix="body_")
             with self.body.name_scope():
                 if kind == "basic":
-                    self.body.add(_conv(width, 3, stride, layout), _bn(layout), nn.Activation("relu"),
-                                  _conv(width, 3, 1, layout), _bn(layout, zero_gamma=init_bn0))
+                    self.body.add(_conv(width, 3, stride, layout, in_channels), _bn(layout, width),
+                                  nn.Activation("relu"),
+                                  _conv(width, 3, 1, layout, width), _bn(layout, width, zero_gamma=init_bn0))
                 else:
                     first_stride, middle_stride = (1, stride) if v1_5 else (stride, 1)
-                    self.body.add(_conv(width, 1, first_stride, layout), _bn(layout), nn.Activation("relu"),
-                                  _conv(width, 3, middle_stride, layout), _bn(layout), nn.Activation("relu"),
-                                  _conv(out_channels, 1, 1, layout), _bn(layout, zero_gamma=init_bn0))
+                    self.body.add(_conv(width, 1, first_stride, layout, in_channels), _bn(layout, width),
+                                  nn.Activation("relu"),
+                                  _conv(width, 3, middle_stride, layout, width), _bn(layout, width),
+                                  nn.Activation("relu"),
+                                  _conv(out_channels, 1, 1, layout, width),
+                                  _bn(layout, out_channels, zero_gamma=init_bn0))
             self.shortcut = None
             if stride != 1 or in_channels != out_channels:
                 self.shortcut = nn.HybridSequential(prefix="down_")
                 with self.shortcut.name_scope():
-                    self.shortcut.add(_conv(out_channels, 1, stride, layout), _bn(layout))
+                    self.shortcut.add(_conv(out_channels, 1, stride, layout, in_channels), _bn(layout, out_channels))
 
     def hybrid_forward(self, F, x):
         identity = self.shortcut(x) if self.shortcut is not None else x
@@ -65,7 +73,7 @@ class ResNet(nn.HybridBlock):
         layers, kind = DEPTHS[depth]
         with self.name_scope():
             self.features = nn.HybridSequential(prefix="")
-            self.features.add(_conv(64, 7, 2, layout), _bn(layout), nn.Activation("relu"),
+            self.features.add(_conv(64, 7, 2, layout, 3), _bn(layout, 64), nn.Activation("relu"),
                               nn.MaxPool2D(3, 2, 1, layout=layout))
             in_channels = 64
             for stage, (count, width) in enumerate(zip(layers, STAGE_WIDTHS)):

@@ -17,10 +17,11 @@ from . import register
 OUTPUT_SCALE = 0.125   # cifar10-fast's logit multiplier
 
 
-def _conv_bn(channels: int, layout: str) -> nn.HybridSequential:
+def _conv_bn(channels: int, layout: str, in_channels: int) -> nn.HybridSequential:
+    # Input channels given: every parameter has its shape at construction.
     block = nn.HybridSequential(prefix="")
-    block.add(nn.Conv2D(channels, 3, padding=1, use_bias=False, layout=layout),
-              nn.BatchNorm(axis=1 if layout == "NCHW" else 3), nn.Activation("relu"))
+    block.add(nn.Conv2D(channels, 3, padding=1, use_bias=False, layout=layout, in_channels=in_channels),
+              nn.BatchNorm(axis=1 if layout == "NCHW" else 3, in_channels=channels), nn.Activation("relu"))
     return block
 
 
@@ -29,7 +30,7 @@ class _Residual(nn.HybridBlock):
         super().__init__(**kwargs)
         with self.name_scope():
             self.body = nn.HybridSequential(prefix="")
-            self.body.add(_conv_bn(channels, layout), _conv_bn(channels, layout))
+            self.body.add(_conv_bn(channels, layout, channels), _conv_bn(channels, layout, channels))
 
     def hybrid_forward(self, F, x):
         return x + self.body(x)
@@ -40,10 +41,10 @@ class ResNet9(nn.HybridBlock):
         super().__init__(**kwargs)
         with self.name_scope():
             self.features = nn.HybridSequential(prefix="")
-            self.features.add(_conv_bn(64, layout),
-                              _conv_bn(128, layout), nn.MaxPool2D(2, layout=layout), _Residual(128, layout),
-                              _conv_bn(256, layout), nn.MaxPool2D(2, layout=layout),
-                              _conv_bn(512, layout), nn.MaxPool2D(2, layout=layout), _Residual(512, layout),
+            self.features.add(_conv_bn(64, layout, 3),
+                              _conv_bn(128, layout, 64), nn.MaxPool2D(2, layout=layout), _Residual(128, layout),
+                              _conv_bn(256, layout, 128), nn.MaxPool2D(2, layout=layout),
+                              _conv_bn(512, layout, 256), nn.MaxPool2D(2, layout=layout), _Residual(512, layout),
                               nn.GlobalMaxPool2D(layout=layout), nn.Flatten())
             self.output = nn.Dense(classes, in_units=512, use_bias=False)
 

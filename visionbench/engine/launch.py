@@ -1,0 +1,142 @@
+"""Start a parameter-server job (``--kv-store dist_sync|dist_device_sync``).
+
+On each machine ``./runner`` starts this machine's part of the job with the
+DMLC_* variables ps-lite reads: node 0 also runs the scheduler; every node
+runs ``--num-servers`` servers and ``--local-workers`` workers (each worker
+trains on the node's ``-n`` devices). With ``--local-workers W`` and one node
+the whole job runs on 127.0.0.1.
+
+The launcher supervises its processes: when every worker has finished it
+lets the servers and the scheduler end (or ends them); when any process
+fails, it stops all the others at once and exits with the failing worker's
+status and its last error line. Children are started with PR_SET_PDEATHSIG
+(Linux), so even a SIGKILLed launcher leaves nothing behind.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Deque, List, Sequence
+
+from ..cli import die_with_parent
+from ..config import Config
+
+TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
+LOOPBACK = ("127.0.0.1", "localhost")
+LOCAL_WORKER_ENV = "VISIONBENCH_LOCAL_WORKER"   # 0..W-1: which of this machine's workers a process is
+DEFAULT_PORT = 9000       # several nodes: every node must be told the same port
+POLL_S = 0.2              # seconds between checks on the children
+STOP_GRACE_S = 5          # seconds between SIGTERM and SIGKILL when stopping a child
+SERVERS_EXIT_S = 30       # seconds servers and scheduler get to finish after the workers
+
+
+@dataclass
+class Child:
+    role: str                  # scheduler, server, worker
+    index: int                 # among this node's processes of that role
+    process: subprocess.Popen
+    last_lines: Deque[str] = field(default_factory=lambda: collections.deque(maxlen=50))
+
+    @property
+    def name(self) -> str:
+        return f"{self.role} {self.index}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def job_environment(config: Config, port: int, role: str) -> dict:
+    env = dict(os.environ)
+    env.update({
+        "DMLC_ROLE": role,
+        "DMLC_PS_ROOT_URI": config.master_addr,
+        "DMLC_PS_ROOT_PORT": str(port),
+        "DMLC_NUM_SERVER": str(config.num_servers * config.nnodes),
+        "DMLC_NUM_WORKER": str(config.local_workers * config.nnodes),
+    })
+    if config.master_addr in LOOPBACK:
+        env["DMLC_NODE_HOST"] = "127.0.0.1"   # else ps-lite may announce another interface
+    return env
+
+
+def _collect_stderr(child: Child) -> None:
+    """Keep the child's last stderr lines (read in a thread so the pipe never fills)."""
+    for line in child.process.stderr:
+        if line.strip():
+            child.last_lines.append(line.rstrip("\n"))
+
+
+def _start(role: str, index: int, command: List[str], env: dict) -> Child:
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, errors="replace",
+                               preexec_fn=die_with_parent)
+    child = Child(role, index, process)
+    threading.Thread(target=_collect_stderr, args=(child,), daemon=True).start()
+    return child
+
+
+def _stop(children: Sequence[Child]) -> None:
+    for child in children:
+        if child.process.poll() is None:
+            child.process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child in children:
+        try:
+            child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
+
+
+def _failure(child: Child, total_workers: int) -> str:
+    code = child.process.returncode
+    how = (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
+    detail = child.last_lines[-1] if child.last_lines else "no error message"
+    who = f"worker {child.index} of {total_workers} on this node" if child.role == "worker" else child.name
+    return f"{who} failed ({how}): {detail}; every other process of the job was stopped"
+
+
+def launch(config: Config, argv: Sequence[str]) -> int:
+    """Run this node's scheduler/servers/workers until the job ends; returns the exit status."""
+    port = config.master_port or (free_port() if config.nnodes == 1 else DEFAULT_PORT)
+    children: List[Child] = []
+    try:
+        if config.node_rank == 0:
+            children.append(_start("scheduler", 0, [sys.executable, "-c", "import mxnet"],
+                                   job_environment(config, port, "scheduler")))
+        for i in range(config.num_servers):
+            # Importing mxnet with DMLC_ROLE=server runs the server loop and exits.
+            children.append(_start("server", i, [sys.executable, "-c", "import mxnet"],
+                                   job_environment(config, port, "server")))
+        workers = [_start("worker", i, [sys.executable, str(TRAIN_PY), *argv],
+                          dict(job_environment(config, port, "worker"), **{LOCAL_WORKER_ENV: str(i)}))
+                   for i in range(config.local_workers)]
+        children += workers
+        print(f"started {config.local_workers} worker(s) and {config.num_servers} server(s) on node "
+              f"{config.node_rank} of {config.nnodes} ({config.master_addr}:{port})", flush=True)
+        while True:
+            failed = next((c for c in children if c.process.poll() not in (None, 0)), None)
+            if failed is not None:
+                time.sleep(POLL_S)   # let the reader thread take the child's last words
+                _stop(children)
+                sys.stderr.write(f"runner: error: {_failure(failed, len(workers))}\n")
+                return failed.process.returncode if failed.process.returncode > 0 else 1
+            if all(w.process.poll() == 0 for w in workers):
+                break
+            time.sleep(POLL_S)
+        deadline = time.monotonic() + SERVERS_EXIT_S
+        while time.monotonic() < deadline and any(c.process.poll() is None for c in children):
+            time.sleep(POLL_S)
+        return 0
+    finally:
+        _stop(children)
