@@ -1,0 +1,182 @@
+"""Parameter-server training (--kv-store dist_sync) on 127.0.0.1: the same
+steps as one worker, disjoint shards, failure of one worker ends the job,
+rank 0 alone writes, and a 2-worker job resumes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from conftest import ROOT, make_small_demo, one_line_error, run_runner
+from visionbench.config import Config
+from visionbench.engine.run import train
+from visionbench.report.schema import validate_report
+
+TRAIN_IMAGES, VAL_IMAGES = 80, 40   # the demo below: 10 classes x 8 train, x 4 val
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_small_demo(tmp_path_factory.mktemp("dist") / "demo", 8)
+
+
+def _args(data, prefix, *extra):
+    # ResNet18 (with BatchNorm), 8 images per device, 5 steps per epoch per device shard.
+    return ["--device", "cpu", "-b", "8", "--data-root", data, "--data-backend", "dali-cpu", "--image-size", "32",
+            "--num-layers", "18", "--num-classes", "10", "--lr", "0.4", "--warmup-epochs", "0", "--lr-steps", "100",
+            "--model-prefix", prefix, "--seed", "3", *extra]
+
+
+def _params(prefix, epoch):
+    return {k: v.asnumpy() for k, v in mx.nd.load(f"{prefix}-{epoch:04d}.params").items()}
+
+
+def _report(path):
+    report = json.loads(Path(path).read_text())
+    validate_report(report, "train_report")
+    return report
+
+
+def _processes_in_group(pgid):
+    found = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found]
+
+
+@pytest.fixture(scope="module")
+def runs(demo, tmp_path_factory):
+    """One worker with 2 devices x 8 (3 epochs, uninterrupted) and a
+    2-worker job with 1 device x 8 each: 2 epochs, then resumed to 3."""
+    root = tmp_path_factory.mktemp("runs")
+    (root / "single").mkdir()
+    (root / "dist").mkdir()
+    (root / "samples").mkdir()
+    single = run_runner(*_args(demo, root / "single" / "m", "-n", "2", "-e", "3", "--report", root / "single.json"))
+    assert single.returncode == 0, single.stderr
+    dist_args = _args(demo, root / "dist" / "m", "-n", "1", "--kv-store", "dist_sync", "--local-workers", "2",
+                      "--report", root / "dist.json", "--sample-log", root / "samples")
+    first = run_runner(*dist_args, "-e", "2", timeout=240)
+    assert first.returncode == 0, first.stderr
+    files_after_first = sorted(p.name for p in (root / "dist").iterdir())
+    resumed = run_runner(*dist_args, "-e", "3", timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    return {"root": root, "first": first, "resumed": resumed, "files_after_first": files_after_first}
+
+
+def test_two_workers_take_the_same_steps_as_one_worker_with_two_devices(runs):
+    # Compared with one worker holding both devices (global batch 16 either way), so every
+    # BatchNorm sees the same 8 images and the shards are the same: only the summation
+    # order of the gradients differs (server vs local kvstore).
+    root = runs["root"]
+    single, dist = _report(root / "single.json"), _report(root / "dist.json")
+    assert [e["epoch"] for e in dist["epochs"]] == [0, 1, 2]
+    losses_single = [e["train_loss"] for e in single["epochs"]]
+    losses_dist = [e["train_loss"] for e in dist["epochs"]]
+    np.testing.assert_allclose(losses_dist, losses_single, rtol=1e-4)
+    for e in dist["epochs"]:   # metrics cover both workers: every image once
+        assert e["train_images"] == TRAIN_IMAGES and e["val_images"] == VAL_IMAGES
+    a, b = _params(root / "single" / "m", 3), _params(root / "dist" / "m", 3)
+    assert a.keys() == b.keys()
+    # Learned weights agree. BatchNorm running statistics ("aux:") are not
+    # compared: a one-worker checkpoint averages them over its devices
+    # (Gluon's save), a 2-worker one holds rank 0's device's.
+    learned = [name for name in a if name.startswith("arg:")]
+    assert len(learned) > 40
+    for name in learned:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_workers_read_disjoint_shards_that_cover_the_set(runs):
+    samples = runs["root"] / "samples"
+    for epoch in range(3):
+        shards = [json.loads((samples / f"rank-{r}-epoch-{epoch}.json").read_text())["positions"] for r in (0, 1)]
+        assert len(shards[0]) == len(shards[1]) == TRAIN_IMAGES // 2
+        assert not set(shards[0]) & set(shards[1])
+        assert sorted(shards[0] + shards[1]) == list(range(TRAIN_IMAGES))
+    assert sorted(p.name for p in samples.iterdir()) == [f"rank-{r}-epoch-{e}.json" for r in (0, 1) for e in range(3)]
+
+
+def test_only_rank_0_prints_and_a_two_worker_job_resumes(runs):
+    assert runs["files_after_first"] == ["m-0001.json", "m-0001.params", "m-0001.states", "m-0002.json",
+                                         "m-0002.params", "m-0002.states", "m-symbol.json"]
+    first, resumed = runs["first"].stdout, runs["resumed"].stdout
+    assert first.count("epoch 1/2:") == 1 and first.count("epoch 2/2:") == 1   # one worker speaks
+    assert resumed.count("resuming from") == 1 and "epoch 3/3:" in resumed and "epoch 1/3:" not in resumed
+
+
+class _Rank1Of2:
+    """Our own collective as the second of two workers would see it, without
+    the other worker: sums double (a symmetric twin), rank 0's integer is ours."""
+    rank, size, kvstore = 1, 2, None
+
+    def sum(self, values):
+        return [2 * float(v) for v in values]
+
+    def broadcast_int(self, value):
+        return int(value)
+
+    def barrier(self):
+        pass
+
+    def prepare_trainer(self, trainer, params):
+        pass
+
+
+def test_a_worker_other_than_rank_0_writes_nothing(demo, tmp_path):
+    config = Config(device="cpu", num_devices=1, batch_size=8, data_root=str(demo), data_backend="dali-cpu",
+                    image_size=32, num_layers=18, num_classes=10, num_epochs=1, model_prefix=str(tmp_path / "m"),
+                    report=str(tmp_path / "r.json"), dawn_tsv=str(tmp_path / "d.tsv"))
+    assert train(config, [mx.cpu(0)], _Rank1Of2()) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killing_one_worker_ends_the_job_and_leaves_no_process(demo, tmp_path):
+    command = ["bash", str(ROOT / "runner"), *map(str, _args(demo, tmp_path / "m", "-n", "1", "--kv-store",
+                                                               "dist_sync", "--local-workers", "2", "-e", "50"))]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True, env=dict(os.environ, PYTHON=sys.executable))
+    try:
+        deadline = time.monotonic() + 60
+        workers = []
+        while time.monotonic() < deadline and len(workers) < 2:
+            time.sleep(0.5)
+            workers = [pid for pid in _processes_in_group(job.pid)
+                       if "train.py" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+                       and pid != job.pid] if job.poll() is None else []
+        assert len(workers) == 2, "the job did not start two workers"
+        time.sleep(3)   # into training
+        os.kill(workers[1], signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, stderr = job.communicate(timeout=60)
+        assert time.monotonic() - killed_at < 20   # promptly, not after a ps-lite timeout
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode != 0
+    message = one_line_error(subprocess.CompletedProcess(command, job.returncode, "", stderr))
+    assert "worker" in message and "killed by SIGKILL" in message and "stopped" in message
+    time.sleep(1)
+    assert _processes_in_group(job.pid) == []
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--local-workers", "2"], "add --kv-store dist_sync"),
+    (["--kv-store", "dist_sync", "--nnodes", "2", "--node-rank", "2"], "--node-rank must be in 0..1"),
+    (["--kv-store", "dist_sync", "--master-port", "70000"], "--master-port must be in 1..65535"),
+    (["--kv-store", "dist_sync", "--mode", "val"], "use --mode train or train_val"),
+    (["--kv-store", "dist_sync", "--data-backend", "mxnet", "--data-root", "."], "use dali-gpu or dali-cpu"),
+    (["--kv-store", "horovod", "-n", "2"], "one device per process"),
+    (["--kv-store", "horovod"], "Horovod is not installed"),
+])
+def test_bad_distributed_input(tmp_path, args, words):
+    result = run_runner("--device", "cpu", "--data-backend", "synthetic", "--model-prefix", tmp_path / "m",
+                        "-e", "1", "--num-examples", "16", "-b", "8", "--num-layers", "18", "--image-size", "32",
+                        *args)
+    assert result.returncode == 2
+    assert words in one_line_error(result)
+    assert list(tmp_path.iterdir()) == []
