@@ -20,7 +20,26 @@ def run_example(name, *args):
 def test_the_published_set_exists():
     assert set(EXAMPLES) == {f"RN50_{p}_{n}GPU.sh" for p in ("FP16", "FP32") for n in (1, 4, 8)} | {
         "RN50_FP16_8GPU_PHASES.sh", "RN9_CIFAR10_DAWN.sh", "SCORE_FP16.sh", "SCORE_FP32.sh",
-        "BENCHMARK_FP16.sh", "BENCHMARK_FP32.sh", "INFER_BENCHMARK_FP16.sh", "INFER_BENCHMARK_FP32.sh"}
+        "BENCHMARK_FP16.sh", "BENCHMARK_FP32.sh", "INFER_BENCHMARK_FP16.sh", "INFER_BENCHMARK_FP32.sh",
+        "RN50_FP16_2x8GPU_DIST.sh"}
+
+
+def test_two_node_recipe_scales_the_lr_by_the_global_batch():
+    unset = run_example("RN50_FP16_2x8GPU_DIST.sh")
+    assert unset.returncode == 2 and "set NODE_RANK" in one_line_error(unset)
+    env = {"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"}
+    command = ["bash", str(ROOT / "examples" / "RN50_FP16_2x8GPU_DIST.sh")]
+    no_gpu = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert no_gpu.returncode == 2 and "MXNet sees no GPU" in one_line_error(no_gpu)
+    steps = 3
+    schedule = subprocess.run(command + ["--print-schedule", "--device", "cpu", "--data-backend", "synthetic",
+                                         "--num-examples", str(steps * 208 * 16)],
+                              capture_output=True, text=True, timeout=240, env=env)
+    assert schedule.returncode == 0, schedule.stderr
+    rows = list(csv.DictReader(io.StringIO(schedule.stdout)))
+    assert len(rows) == 90 * steps   # steps of the global batch: 2 workers x 8 devices x 208
+    lr = {(int(r["epoch"]), int(r["iteration"])): float(r["lr"]) for r in rows}
+    assert lr[(5, 0)] == pytest.approx(0.1 * 208 * 16 / 256)
 
 
 @pytest.mark.parametrize("name, expected", [

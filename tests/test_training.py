@@ -34,9 +34,9 @@ class FixedLoader:
     def __len__(self):
         return len(self.batches)
 
-    def epoch(self, epoch):
+    def epoch(self, epoch, start_step=0):
         n = len(self.devices)
-        for data, label in self.batches:
+        for data, label in self.batches[start_step:]:
             parts = zip(np.array_split(data, n), np.array_split(label, n), self.devices)
             yield [(mx.nd.array(d, ctx=c), mx.nd.array(l, ctx=c), 0) for d, l, c in parts]
 

@@ -20,6 +20,20 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line, exit status 2."""
 
 
+class RunFailure(Exception):
+    """A run that cannot go on (a full disk, a diverged loss): one line,
+    exit status 1; what was written before stays intact."""
+
+
+class Interrupted(BaseException):
+    """A run stopped by a signal after saving its position: one line, exit
+    status 130 (SIGINT) or 143 (SIGTERM, SIGUSR1)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class Terminated(BaseException):
     """Raised in the main thread when SIGTERM arrives (a BaseException so that
     ``except Exception`` blocks do not swallow it)."""
@@ -67,6 +81,12 @@ def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], prog: str
         text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
         sys.stderr.write(f"{prog}: error: {text}\n")
         return EXIT_USAGE
+    except RunFailure as err:
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return 1
+    except Interrupted as err:
+        sys.stderr.write(f"{prog}: {err}\n")
+        return err.status
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted; no finished output was written\n")
         return EXIT_SIGINT

@@ -97,3 +97,50 @@ def check_writable_folder(folder: Path, what: str) -> None:
     except OSError as err:
         raise UsageError(f"{what}: folder {folder} is not writable ({err.strerror})")
     probe.unlink(missing_ok=True)
+
+
+class FolderLock:
+    """An exclusive lock file ``path`` (``fcntl.flock``), held while the run
+    lives: the kernel releases it when the process dies however it dies, so
+    a crashed run never blocks the next one (its file stays, unlocked, and is
+    taken over). Removed on a clean exit. Local file systems only (NFS
+    locking is not reliable)."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = Path(path), what
+        self._handle = None
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+
+        from .cli import UsageError
+
+        while True:
+            handle = open(self.path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise UsageError(f"{self.what} is in use by a run still going ({holder}; lock {self.path}); "
+                                 "wait for it or choose another prefix")
+            try:   # the holder may have removed the file between our open and our lock: retry then
+                same = os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            handle.close()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self.path.unlink(missing_ok=True)   # while still holding it, so no one else owns that file
+            self._handle.close()
+            self._handle = None

@@ -20,7 +20,7 @@ from typing import Iterator, List, NamedTuple
 
 from ..cli import UsageError
 from .recordio import RecordReader
-from .sampling import (batches_per_epoch, epoch_order, rect_val_epoch, shard_epoch,
+from .sampling import (ShardEpoch, batches_per_epoch, epoch_order, rect_val_epoch, shard_epoch,
                        smallest_shard)
 from .spec import BACKENDS, DTYPES, LAYOUTS, LoaderSpec
 
@@ -115,21 +115,27 @@ class Loader:
         return [shard_epoch(order, spec.num_shards, spec.shard_id(i), spec.batch_size)
                 for i in range(len(spec.devices))]
 
-    def epoch(self, epoch: int) -> Iterator[List[DeviceBatch]]:
-        """The steps of ``epoch``: a list of one DeviceBatch per device each."""
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[List[DeviceBatch]]:
+        """The steps of ``epoch`` from ``start_step`` on (a resume inside an
+        epoch): a list of one DeviceBatch per device each. DALI backends skip
+        the first steps without reading them; ``mxnet`` reads and drops them."""
         spec = self.spec
         if spec.backend == "synthetic":
             from .synthetic import synthetic_epoch
-            for parts in synthetic_epoch(spec, self._synthetic, self._steps):
+            for parts in synthetic_epoch(spec, self._synthetic, max(0, self._steps - start_step)):
                 yield [DeviceBatch(data, label, 0) for data, label in parts]
             return
         if spec.backend == "mxnet":
             from .native import native_epoch
-            for parts in native_epoch(spec, epoch):
-                yield [DeviceBatch(*part) for part in parts]
+            for step, parts in enumerate(native_epoch(spec, epoch)):
+                if step >= start_step:
+                    yield [DeviceBatch(*part) for part in parts]
             return
         from .dali import dali_epoch
-        plans = self.plans(epoch)
+        plans = [ShardEpoch(plan.positions[start_step:], plan.pads[start_step:]) if start_step else plan
+                 for plan in self.plans(epoch)]
+        if not len(plans[0].positions):
+            return
         for step, parts in enumerate(dali_epoch(spec, self._reader, plans, epoch)):
             yield [DeviceBatch(data, label, int(plan.pads[step])) for (data, label), plan in zip(parts, plans)]
 

@@ -1,17 +1,22 @@
 """A whole run: plan, resume, epochs, checkpoints, reports (train.py --mode train|val|train_val)."""
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List
 
-from ..cli import UsageError
+from ..cli import Interrupted, UsageError
 from ..config import Config, model_name, to_dict
 from ..phases import DataSettings
-from .checkpoint import complete_epochs, load_meta, load_states, load_weights, prune, save_checkpoint
+from .checkpoint import (checkpoint_paths, complete_epochs, complete_positions, load_meta, load_states,
+                         load_weights, prune, save_checkpoint)
 from .plan import TrainingPlan, data_folder, format_rows, make_plan
 from .precision import LossScaler, resolve_precision
-from .trainer import Run, _loader, build_net, build_trainer, evaluate, result_steps, train_epoch
+from .trainer import (EpochProgress, Run, _loader, build_net, build_trainer, evaluate, result_steps,
+                      train_epoch)
 
 
 def _train_images(config: Config, settings: DataSettings) -> int:
@@ -72,48 +77,111 @@ def _epoch_line(record: dict, epochs: int) -> str:
             f"size {record['image_size']}, batch {record['batch_size']}; {val}")
 
 
+class StopRequest:
+    """Set by SIGTERM, SIGINT or SIGUSR1 (what batch schedulers send before a
+    kill): the loop finishes its step, saves its position and exits. A second
+    signal exits at once; files are only ever replaced whole, so nothing
+    half-written is left."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+    def __init__(self):
+        self.requested = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.requested is not None:
+            raise Interrupted(f"second signal ({name}): stopped at once; the checkpoints on disk are complete "
+                              "ones", _exit_status(signum))
+        self.requested = signum
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _exit_status(signum: int) -> int:
+    return 130 if signum == signal.SIGINT else 143
+
+
 def train(config: Config, devices, group=None) -> int:
     """Train on this worker's ``devices``; ``group`` (engine/collective.py) says
     which worker this is and sums metrics over all of them. Rank 0 alone
-    prints, writes checkpoints and reports."""
-    from ..files import write_text_atomic
-    from ..report.train_report import build_report, dawn_tsv, environment, summarize, write_report
+    prints, writes checkpoints and reports, and holds the lock on
+    --model-prefix (PREFIX.lock) so that two runs never write one prefix."""
+    from ..files import FolderLock
     from .collective import Single
 
     group = group or Single()
+    resolve_precision(config.dtype, config.device, config.loss_scale)   # refuse before creating anything
+    prefix = Path(config.model_prefix)
+    writes = group.rank == 0 and not config.benchmark
+    if writes and not prefix.parent.is_dir():
+        raise UsageError(f"--model-prefix {prefix}: folder {prefix.parent} does not exist")
+    with contextlib.ExitStack() as stack:
+        if writes:
+            stack.enter_context(FolderLock(Path(f"{prefix}.lock"), f"--model-prefix {prefix}"))
+        stop = stack.enter_context(StopRequest())
+        return _train(config, devices, group, stop)
+
+
+def _resume_position(config: Config, group) -> tuple:
+    """(epoch, iteration) to start from: rank 0's newest complete checkpoint,
+    the same on every worker (the prefix must be readable by every worker:
+    a shared file system, or copies)."""
+    prefix = Path(config.model_prefix)
+    # A benchmark neither resumes nor writes checkpoints: every point starts cold.
+    positions = [] if config.benchmark else complete_positions(prefix)
+    latest = positions[-1] if positions else (0, 0)
+    position = (group.broadcast_int(latest[0]), group.broadcast_int(latest[1]))
+    if position != (0, 0) and position not in positions:
+        raise UsageError(f"worker {group.rank}: rank 0 resumes from {prefix}-{position[0]:04d}, which this "
+                         "machine cannot read (put --model-prefix on a shared file system or copy it to every machine)")
+    if position != (0, 0) and not config.resume:
+        raise UsageError(f"checkpoints exist under {prefix} (epoch {position[0]}); "
+                         "resume with --resume or choose another --model-prefix")
+    return position
+
+
+def _train(config: Config, devices, group, stop: StopRequest) -> int:
+    from ..files import write_text_atomic
+    from ..report.train_report import build_report, dawn_tsv, environment, summarize, write_report
+
     rank, num_workers = group.rank, group.size
     say = print if rank == 0 else (lambda *args, **kwargs: None)
     precision = resolve_precision(config.dtype, config.device, config.loss_scale)
     plan = plan_for(config, len(devices), num_workers)
     prefix = Path(config.model_prefix)
-    # A benchmark neither resumes nor writes checkpoints: every point starts cold.
-    done = [] if config.benchmark else complete_epochs(prefix)
-    # Every worker resumes from the epoch rank 0 found (the prefix must be
-    # readable by every worker: a shared file system, or copies).
-    start_epoch = group.broadcast_int(done[-1] if done else 0)
-    if start_epoch and start_epoch not in done:
-        raise UsageError(f"worker {rank}: rank 0 resumes from {prefix}-{start_epoch:04d}, which this machine "
-                         "cannot read (put --model-prefix on a shared file system or copy it to every machine)")
-    if start_epoch and not config.resume:
-        raise UsageError(f"checkpoints exist under {prefix} (epoch {start_epoch}); "
-                         "resume with --resume or choose another --model-prefix")
+    start_epoch, start_iteration = _resume_position(config, group)
     if rank == 0:
-        _check_outputs(config, resuming=bool(start_epoch))
+        _check_outputs(config, resuming=bool(start_epoch or start_iteration))
     net = build_net(config, devices, precision)
     trainer = build_trainer(config, net, precision, group.kvstore)
     scaler = LossScaler(precision.loss_scale, precision.dynamic_loss_scale)
     run = Run(config, devices, precision, net, trainer, plan, scaler, group)
     records: List[dict] = []
-    if start_epoch:
-        meta = load_meta(prefix, start_epoch)
+    progress = EpochProgress()
+    if start_epoch or start_iteration:
+        meta = load_meta(prefix, start_epoch, start_iteration)
+        name = checkpoint_paths(prefix, start_epoch, start_iteration)["meta"].with_suffix("")
         if meta.get("model") != model_name(config) or meta.get("classes") != config.num_classes:
-            raise UsageError(f"checkpoint {prefix}-{start_epoch:04d} holds {meta.get('model')} with "
+            raise UsageError(f"checkpoint {name} holds {meta.get('model')} with "
                              f"{meta.get('classes')} classes, not {model_name(config)} with {config.num_classes}")
-        load_weights(net, prefix, start_epoch, devices)
-        load_states(trainer, prefix, start_epoch)
+        load_weights(net, prefix, start_epoch, devices, start_iteration)
+        load_states(trainer, prefix, start_epoch, start_iteration)
         scaler.restore(meta["loss_scaler"])
         records = meta["epochs"]
-        say(f"resuming from {prefix}-{start_epoch:04d} (epoch {start_epoch} of {plan.epochs} done)", flush=True)
+        if start_iteration:
+            progress = EpochProgress(**meta["progress"])
+        say(f"resuming from {name} (epoch {start_epoch} of {plan.epochs} done"
+            f"{f', and {start_iteration} steps of the next' if start_iteration else ''})", flush=True)
     group.prepare_trainer(trainer, net.collect_params())
     env = environment(config.device, len(devices) * num_workers)
     config_record = to_dict(config)
@@ -123,12 +191,39 @@ def train(config: Config, devices, group=None) -> int:
     elapsed = records[-1]["elapsed_s"] if records else 0.0
     best = max((r for r in records if r["val_top1"] is not None), key=lambda r: r["val_top1"], default=None)
     timed = {"images": 0, "seconds": 0.0, "iterations": 0}   # epochs after the benchmark warm-up
+
+    def meta_of(epoch: int, **extra) -> dict:
+        return {"epoch": epoch, "model": model_name(config), "classes": config.num_classes,
+                "layout": config.input_layout, "dtype": config.dtype, "seed": config.seed,
+                "loss_scaler": scaler.state(), "epochs": records, "config": config_record, **extra}
+
+    def write_reports(status: str) -> None:
+        if rank != 0:
+            return
+        summary = summarize(records, started, config.target_top1, config.target_top5)
+        if config.report:
+            write_report(Path(config.report), build_report(config_record, env, records, summary, status))
+        if config.dawn_tsv:
+            write_text_atomic(Path(config.dawn_tsv), "epoch\thours\ttop1Accuracy\ttop5Accuracy\n" + dawn_tsv(records))
+
     for epoch in range(start_epoch, plan.epochs):
         settings = plan.settings(epoch)
         train_loader = _loader(config, "train", settings, devices, rank, num_workers, loaders)
         if config.sample_log:
             _log_samples(Path(config.sample_log), rank, epoch, train_loader, result_steps(config, train_loader))
-        result = train_epoch(run, epoch, train_loader, progress=rank == 0)
+        result = train_epoch(run, epoch, train_loader, progress=rank == 0,
+                             start=progress if epoch == start_epoch else None, stop=stop)
+        if not result["complete"]:
+            done = result["progress"]
+            saved = "nothing saved (--save-frequency 0)"
+            if rank == 0 and config.save_frequency and not config.benchmark:
+                save_checkpoint(net, trainer, prefix, epoch, meta_of(epoch, iteration=done.iteration,
+                                                                    progress=done.to_dict()), done.iteration)
+                saved = f"saved {checkpoint_paths(prefix, epoch, done.iteration)['meta'].with_suffix('')}"
+            write_reports("interrupted")
+            raise Interrupted(f"stopped by {signal.Signals(stop.requested).name} at epoch {epoch + 1}, iteration "
+                              f"{done.iteration}: {saved}; run the same command again to resume",
+                              _exit_status(stop.requested))
         elapsed += result["epoch_train_s"]
         if epoch >= config.benchmark_warmup_epochs:
             timed["images"] += result["images"]
@@ -148,19 +243,15 @@ def train(config: Config, devices, group=None) -> int:
             best = record
         say(_epoch_line(record, plan.epochs), flush=True)
         last = epoch + 1 == plan.epochs
-        if rank == 0 and config.save_frequency and not config.benchmark and ((epoch + 1) % config.save_frequency == 0 or last):
-            meta = {"epoch": epoch + 1, "model": model_name(config), "classes": config.num_classes,
-                    "layout": config.input_layout, "dtype": config.dtype, "seed": config.seed,
-                    "loss_scaler": scaler.state(), "epochs": records, "config": config_record}
-            save_checkpoint(net, trainer, prefix, epoch + 1, meta)
+        # A signal during the epoch's last step or its validation: keep the epoch, then stop.
+        if rank == 0 and config.save_frequency and not config.benchmark and (
+                (epoch + 1) % config.save_frequency == 0 or last or stop.requested):
+            save_checkpoint(net, trainer, prefix, epoch + 1, meta_of(epoch + 1))
             prune(prefix, config.keep_checkpoints, best["epoch"] + 1 if best else None)
-        if rank == 0:
-            summary = summarize(records, started, config.target_top1, config.target_top5)
-            status = "complete" if last else "running"
-            if config.report:
-                write_report(Path(config.report), build_report(config_record, env, records, summary, status))
-            if config.dawn_tsv:
-                write_text_atomic(Path(config.dawn_tsv), "epoch\thours\ttop1Accuracy\ttop5Accuracy\n" + dawn_tsv(records))
+        write_reports("complete" if last else ("interrupted" if stop.requested else "running"))
+        if stop.requested and not last:
+            raise Interrupted(f"stopped by {signal.Signals(stop.requested).name} after epoch {epoch + 1}: "
+                              "run the same command again to resume", _exit_status(stop.requested))
     if start_epoch >= plan.epochs:
         say(f"{prefix}: all {plan.epochs} epochs are done; nothing to train", flush=True)
     elif rank == 0:

@@ -113,11 +113,43 @@ def _targets(label, classes: int, smoothing: float):
     return mx.nd.one_hot(label, classes) * (1 - smoothing) + smoothing / classes
 
 
-def train_epoch(run: Run, epoch: int, loader, progress: bool) -> dict:
+@dataclass
+class EpochProgress:
+    """How far an epoch got: where to resume it, and its sums so far (this
+    worker's), so that a resumed epoch reports the same figures as an
+    uninterrupted one."""
+    iteration: int = 0        # steps of the epoch done
+    loss_sum: float = 0.0
+    images: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"iteration": self.iteration, "loss_sum": self.loss_sum, "images": self.images,
+                "seconds": self.seconds}
+
+
+def _check_finite(flags, epoch: int, iteration: int) -> None:
+    """Raise RunFailure if the loss of step ``iteration`` was NaN or Inf."""
+    from ..cli import RunFailure
+
+    if flags is not None and not all(float(f.asscalar()) for f in flags):
+        raise RunFailure(f"the loss is not finite (NaN or Inf) at epoch {epoch + 1}, iteration {iteration}: "
+                         "stopping (lower --lr, or use float16's dynamic loss scaling); "
+                         "the checkpoints written so far are kept")
+
+
+def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgress = None, stop=None) -> dict:
+    """Train ``epoch`` from ``start.iteration`` on. ``stop.requested`` (set
+    by a signal handler) ends the epoch after the current step; the result
+    then has ``complete`` False and the ``progress`` to resume from.
+
+    Non-finite losses are caught one step late (the flag of step i is read
+    while step i + 1 runs), so the host does not wait for every step."""
     import mxnet as mx
     from mxnet import autograd, gluon
 
     config, net, trainer, scaler = run.config, run.net, run.trainer, run.scaler
+    start = start or EpochProgress()
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=config.label_smoothing == 0)
     global_batch = loader.spec.batch_size * len(run.devices) * run.num_workers
     # Gradients arrive summed over every device of every worker; Horovod's
@@ -125,15 +157,18 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool) -> dict:
     update_batch = global_batch // run.num_workers if config.kv_store == "horovod" else global_batch
     steps = result_steps(config, loader)
     loss_sums = [mx.nd.zeros(1, ctx=c) for c in run.devices]
-    images = 0
+    images = start.images
     skipped_before = scaler.skipped_steps
     lr = 0.0
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", file=sys.stderr, disable=None, leave=False)
+        bar = tqdm(total=steps, initial=start.iteration, desc=f"epoch {epoch}", unit="step", file=sys.stderr,
+                   disable=None, leave=False)
+    pending = None   # (finite flags, iteration) of the previous step
+    iteration = start.iteration
     started = time.perf_counter()
-    for iteration, step in zip(range(steps), loader.epoch(epoch)):
+    for iteration, step in zip(range(start.iteration, steps), loader.epoch(epoch, start.iteration)):
         lr, momentum = run.plan.schedule.at(epoch, iteration, steps)
         trainer.set_learning_rate(lr)
         trainer._optimizer.momentum = momentum
@@ -147,11 +182,15 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool) -> dict:
                 losses.append(loss)
             scaled = [loss * scaler.scale for loss in losses] if scaler.scale != 1 else losses
         autograd.backward(scaled)
+        if not scaler.dynamic:
+            if pending is not None:
+                _check_finite(pending[0], epoch, pending[1])
+            pending = ([mx.nd.all_finite(loss) for loss in losses], iteration)
         trainer.allreduce_grads()
         finite = True
         if scaler.dynamic:
             grads = [p.list_grad()[0] for p in net.collect_params().values() if p.grad_req != "null"]
-            finite = bool(mx.nd.contrib.multi_all_finite(*grads, num_arrays=len(grads)).asscalar())
+            finite = bool(mx.nd.multi_all_finite(*grads, num_arrays=len(grads)).asscalar())
         if scaler.update(finite):
             trainer.update(update_batch * scaler.scale)
         for i, loss in enumerate(losses):
@@ -159,17 +198,28 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool) -> dict:
         images += sum(data.shape[0] - pad for data, _, pad in step)
         if bar is not None:
             bar.update(1)
-    total_loss = sum(float(s.asscalar()) for s in loss_sums)   # one sync per epoch
+        if stop is not None and stop.requested:
+            iteration += 1
+            break
+    else:
+        iteration = steps
+    if pending is not None:
+        _check_finite(pending[0], epoch, pending[1])
+    loss_sum = start.loss_sum + sum(float(s.asscalar()) for s in loss_sums)   # one sync per epoch
     mx.nd.waitall()   # the last update too: the epoch's time covers all of its work
-    seconds = time.perf_counter() - started
-    if run.group is not None:   # every worker's images and loss; the time is this worker's
-        total_loss, images = run.group.sum([total_loss, images])
-        images = int(round(images))
+    seconds = start.seconds + time.perf_counter() - started
     if bar is not None:
         bar.close()
-    return {"train_loss": total_loss / max(images, 1), "train_ips": images / seconds, "epoch_train_s": seconds,
-            "lr": lr, "skipped_steps": scaler.skipped_steps - skipped_before, "images": images,
-            "iterations": steps}
+    progress_made = EpochProgress(iteration, loss_sum, images, seconds)
+    if iteration < steps:
+        return {"complete": False, "progress": progress_made, "lr": lr}
+    total_loss, total_images = loss_sum, images
+    if run.group is not None:   # every worker's images and loss; the time is this worker's
+        total_loss, total_images = run.group.sum([loss_sum, images])
+        total_images = int(round(total_images))
+    return {"complete": True, "train_loss": total_loss / max(total_images, 1),
+            "train_ips": total_images / seconds, "epoch_train_s": seconds, "lr": lr,
+            "skipped_steps": scaler.skipped_steps - skipped_before, "images": total_images, "iterations": steps}
 
 
 def result_steps(config: Config, loader) -> int:
