@@ -1,0 +1,182 @@
+"""Interruptions: kill -9 at random points, SIGTERM mid-epoch with an exact
+resume, a full disk during a checkpoint, a diverged loss, two runs on one
+prefix."""
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from conftest import ROOT, one_line_error, run_runner
+from visionbench.cli import RunFailure
+from visionbench.config import Config
+from visionbench.engine import checkpoint
+from visionbench.engine.precision import resolve_precision
+from visionbench.engine.trainer import build_net, build_trainer
+from visionbench.report.schema import validate_report
+
+ENV = {"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}
+
+
+def _args(prefix, *extra):
+    # ResNet18 at 16 px on synthetic data: 24 steps of 8 images per epoch, a fraction of a second each.
+    return ["--device", "cpu", "-n", "1", "-b", "8", "--data-backend", "synthetic", "--num-examples", "192",
+            "--image-size", "16", "--num-layers", "18", "--num-classes", "10", "--lr", "0.2", "--warmup-epochs", "0",
+            "--lr-schedule", "cosine", "--mode", "train", "--model-prefix", prefix, "--seed", "7", *extra]
+
+
+def _params(prefix, epoch):
+    return {k: v.asnumpy() for k, v in mx.nd.load(f"{prefix}-{epoch:04d}.params").items()}
+
+
+def _same_weights(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def _start(args):
+    return subprocess.Popen(["bash", str(ROOT / "runner"), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    prefix = tmp_path_factory.mktemp("whole") / "m"
+    result = run_runner(*_args(prefix, "-e", "6"))
+    assert result.returncode == 0, result.stderr
+    return prefix
+
+
+def test_kill_9_at_five_random_points_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
+    prefix = tmp_path / "m"
+    rng = random.Random(11)
+    kills = 0
+    while kills < 5:
+        before = checkpoint.complete_epochs(prefix)
+        process = _start(_args(prefix, "-e", "6"))
+        time.sleep(rng.uniform(2.5, 6.0))   # start-up is ~2 s; an epoch well under a second
+        if process.poll() is not None:
+            break   # finished before this kill
+        process.send_signal(signal.SIGKILL)
+        out, _ = process.communicate(timeout=30)
+        kills += 1
+        if before:   # it started from the newest finished epoch: at most that epoch's work is lost per kill
+            assert f"resuming from {prefix}-{before[-1]:04d} " in out
+        after = checkpoint.complete_epochs(prefix)
+        # Never a broken checkpoint: every complete one loads its meta.
+        for epoch in after:
+            assert checkpoint.load_meta(prefix, epoch)["epoch"] == epoch
+        assert (after[-1] if after else 0) >= (before[-1] if before else 0)
+    final = run_runner(*_args(prefix, "-e", "6"))
+    assert final.returncode == 0, final.stderr
+    assert kills >= 3, "the run finished too early to be killed five times"
+    _same_weights(_params(prefix, 6), _params(uninterrupted, 6))
+    assert not list(tmp_path.glob(".*partial*"))   # leftovers of killed writes are cleaned up
+
+
+def test_sigterm_mid_epoch_saves_the_exact_position_and_resume_finishes_equal(tmp_path):
+    prefix = tmp_path / "m"
+    report = tmp_path / "r.json"
+    process = _start(_args(prefix, "-e", "3", "--report", report, "--num-examples", "480"))
+    deadline = time.monotonic() + 120
+    while not Path(f"{prefix}-0001.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.05)
+    time.sleep(2.0)   # inside epoch 2 (60 steps of ~0.15 s)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    line = one_line_error(subprocess.CompletedProcess([], 143, out, err))
+    assert "stopped by SIGTERM at epoch 2, iteration" in line and "run the same command again" in line
+    positions = checkpoint.complete_positions(prefix)
+    assert positions[-1][0] == 1 and positions[-1][1] > 0
+    partial = json.loads(report.read_text())
+    validate_report(partial, "train_report")
+    assert partial["status"] == "interrupted" and [e["epoch"] for e in partial["epochs"]] == [0]
+    assert not Path(f"{prefix}.lock").exists()
+    resumed = run_runner(*_args(prefix, "-e", "3", "--report", report, "--num-examples", "480"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"steps of the next" in resumed.stdout
+    whole = tmp_path / "whole" / "m"
+    whole.parent.mkdir()
+    assert run_runner(*_args(whole, "-e", "3", "--num-examples", "480")).returncode == 0
+    _same_weights(_params(prefix, 3), _params(whole, 3))
+    final = json.loads(report.read_text())
+    assert final["status"] == "complete" and [e["epoch"] for e in final["epochs"]] == list(range(3))
+    assert final["epochs"][1]["train_images"] == 480   # the interrupted epoch counts every image once
+    # The mid-epoch checkpoint is gone once a later end-of-epoch checkpoint exists.
+    assert all(iteration == 0 for _, iteration in checkpoint.complete_positions(prefix))
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    config = Config(device="cpu", num_layers=18, num_classes=10, data_backend="synthetic")
+    precision = resolve_precision("float32", "cpu", None)
+    net = build_net(config, [mx.cpu()], precision)
+    trainer = build_trainer(config, net, precision)
+    net(mx.nd.zeros((1, 3, 16, 16)))   # export needs one forward pass of the hybridized graph
+    prefix = tmp_path / "m"
+    checkpoint.save_checkpoint(net, trainer, prefix, 1, {"epoch": 1})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "replace", disk_full)
+    with pytest.raises(RunFailure) as failure:
+        checkpoint.save_checkpoint(net, trainer, prefix, 2, {"epoch": 2})
+    message = str(failure.value)
+    assert f"{prefix}-0002.params" in message and "No space left on device" in message
+    assert "MiB" in message and "previous checkpoints are intact" in message
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # no partial file left
+    assert checkpoint.complete_epochs(prefix) == [1]
+    checkpoint.load_weights(net, prefix, 1, [mx.cpu()])
+
+
+def test_a_diverged_float32_loss_stops_with_epoch_and_iteration(tmp_path):
+    prefix = tmp_path / "m"
+    assert run_runner(*_args(prefix, "-e", "1")).returncode == 0
+    kept = _params(prefix, 1)
+    diverged = run_runner(*_args(prefix, "-e", "2", "--lr", "1e30"))
+    assert diverged.returncode == 1
+    line = one_line_error(diverged)
+    assert "loss is not finite (NaN or Inf) at epoch 2, iteration" in line and "checkpoints written so far are kept" in line
+    assert checkpoint.complete_epochs(prefix) == [1]
+    _same_weights(_params(prefix, 1), kept)
+
+
+def test_overflow_check_sees_nan_and_inf_gradients():
+    finite = mx.nd.ones((3,))
+    for bad in (float("nan"), float("inf")):
+        grads = [finite, mx.nd.array([1.0, bad])]
+        assert mx.nd.multi_all_finite(*grads, num_arrays=2).asscalar() == 0
+    assert mx.nd.multi_all_finite(finite, finite, num_arrays=2).asscalar() == 1
+
+
+def test_a_second_run_on_the_same_prefix_is_refused_until_the_first_dies(tmp_path):
+    prefix = tmp_path / "m"
+    first = _start(_args(prefix, "-e", "50"))
+    try:
+        deadline = time.monotonic() + 60
+        while not Path(f"{prefix}.lock").exists():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        second = run_runner(*_args(prefix, "-e", "50"))
+        assert second.returncode == 2
+        assert "is in use by a run still going (pid" in one_line_error(second)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+    assert Path(f"{prefix}.lock").exists()   # left by the killed run, but not held
+    third = run_runner(*_args(prefix, "-e", "1"))
+    assert third.returncode == 0, third.stderr
+    assert not Path(f"{prefix}.lock").exists()
