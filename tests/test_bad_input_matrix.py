@@ -1,0 +1,113 @@
+"""The bad-input matrix: every case exits with status 2 and one line on
+stderr (no traceback), and leaves every file in the working folder as it was
+(hashed before and after)."""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DATA_PREP, ROOT, make_small_demo, one_line_error
+
+RUN = ["--device", "cpu", "-n", "1", "-b", "2", "--image-size", "16", "--num-layers", "18", "--num-classes", "10",
+       "-e", "1", "--model-prefix", "m"]
+SYN = RUN + ["--data-backend", "synthetic", "--num-examples", "8"]
+
+CASES = [
+    # ./runner (train.py)
+    ("runner", SYN + ["-b", "0"], "batch-size must be at least 1"),
+    ("runner", SYN + ["-b", "abc"], "invalid int value: 'abc'"),
+    ("runner", SYN + ["--lr", "-1"], "lr must not be negative"),
+    ("runner", SYN + ["--dtype", "float8"], "invalid choice: 'float8'"),
+    ("runner", SYN + ["--bogus"], "unrecognized arguments: --bogus"),
+    ("runner", RUN + ["--data-root", "missing"], "--data-root missing is not a folder"),
+    ("runner", SYN + ["--config", "missing.json"], "recipe missing.json cannot be read"),
+    ("runner", SYN + ["--config", "badkey.json"], "unknown option 'bogus'"),
+    ("runner", SYN + ["--config", "badtype.json"], "batch_size must be int, got 'x'"),
+    ("runner", SYN + ["--config", "notjson.json"], "is not valid JSON"),
+    ("runner", SYN + ["--config", "adir"], "cannot be read (Is a directory)"),
+    ("runner", SYN + ["--phases", "[{'ep':0"], "phases"),
+    ("runner", SYN + ["--phases", "[{'ep':(0,2),'lr':(1,2)},{'ep':1,'zz':3}]"], "zz"),
+    ("runner", SYN + ["--dtype", "float16"], "float16 needs GPUs"),
+    ("runner", SYN[2:] + ["--device", "gpu"], "MXNet sees no GPU"),
+    ("runner", RUN + ["--data-root", "badidx"], "record 1 of badidx/train.rec is truncated or corrupted"),
+    ("runner", RUN + ["--data-root", "trunc"], "trunc/train.idx does not match trunc/train.rec"),
+    ("runner", SYN + ["--report", "old.json"], "old.json already exists"),
+    ("runner", SYN + ["--model-prefix", "nodir/m"], "folder nodir does not exist"),
+    ("runner", SYN + ["--local-workers", "2"], "add --kv-store dist_sync"),
+    ("runner", SYN + ["--benchmark", "-e", "2"], "use it with --mode train"),
+    ("runner", SYN + ["--min-random-area", "0"], "min-random-area must be in (0, 1]"),
+    ("runner", SYN + ["--kv-store", "dist_sync", "--node-rank", "3", "--nnodes", "2"], "--node-rank must be in 0..1"),
+    # benchmark.py
+    ("benchmark", ["--device", "cpu", "-n", "0", "-b", "4"], "positive integers"),
+    ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "--dtype", "bfloat16"], "float16 and/or float32"),
+    ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "-e", "2", "-w", "2"], "nothing would be timed"),
+    ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "--mode", "val"], "--mode is set by benchmark.py"),
+    ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "-o", "old.json"], "old.json already exists"),
+    ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "--lr", "fast"], "invalid float value: 'fast'"),
+    ("benchmark", ["-n", "1,4,8", "-b", "208", "--dtype", "float16"], "MXNet sees no GPU"),
+    # data_prep
+    ("folder_to_rec.py", ["data/images/nothere", "out"], "source folder data/images/nothere does not exist"),
+    ("folder_to_rec.py", ["data/images/train", "data/train"], "data/train.lst already exists"),
+    ("folder_to_rec.py", ["data/images/train", "out", "--resize", "-5"], "expected a positive integer, got '-5'"),
+    ("folder_to_rec.py", ["data/images/train", "out", "--classes", "nofile.txt"], "class list nofile.txt cannot be read"),
+    ("verify_rec.py", ["trunc/train"], "lies outside trunc/train.rec"),
+    ("verify_rec.py", ["nothere/train"], "nothere/train.rec does not exist"),
+    ("cifar10_to_rec.py", ["adir", "out"], "data_batch_1 is missing"),
+    ("make_demo_data.py", ["data", "--no-progress"], "data/train.lst already exists"),
+]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("matrix")
+    make_small_demo(root / "data", 3, 2)
+    shutil.copytree(root / "data", root / "badidx")
+    lines = (root / "data" / "train.idx").read_text().splitlines()
+    key, offset = lines[1].split("\t")
+    lines[1] = f"{key}\t{int(offset) + 1}"   # points one byte into a record
+    (root / "badidx" / "train.idx").write_text("\n".join(lines) + "\n")
+    shutil.copytree(root / "data", root / "trunc")
+    with open(root / "trunc" / "train.rec", "r+b") as handle:
+        handle.truncate(3000)
+    (root / "adir").mkdir()
+    (root / "badkey.json").write_text('{"bogus": 1}\n')
+    (root / "badtype.json").write_text('{"batch_size": "x"}\n')
+    (root / "notjson.json").write_text("{nope\n")
+    (root / "old.json").write_text("{}\n")
+    return root
+
+
+def _digest(root):
+    out = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                out[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
+    return out
+
+
+def _command(tool, args):
+    if tool == "runner":
+        return ["bash", str(ROOT / "runner"), *args]
+    if tool == "benchmark":
+        return [sys.executable, str(ROOT / "benchmark.py"), *args]
+    return [sys.executable, str(DATA_PREP / tool), *args]
+
+
+def test_the_matrix_is_wide():
+    assert len(CASES) >= 30 and {tool for tool, _, _ in CASES} >= {"runner", "benchmark", "folder_to_rec.py",
+                                                                    "verify_rec.py", "cifar10_to_rec.py"}
+
+
+@pytest.mark.parametrize("tool, args, words", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input(workdir, tool, args, words):
+    before = _digest(workdir)
+    result = subprocess.run(_command(tool, args), capture_output=True, text=True, timeout=120, cwd=workdir,
+                            env=dict(os.environ, PYTHON=sys.executable))
+    assert result.returncode == 2, result.stderr
+    assert words in one_line_error(result)
+    assert _digest(workdir) == before
