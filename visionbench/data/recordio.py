@@ -224,7 +224,10 @@ def read_index_file(idx_path: Path) -> List[tuple[int, int]]:
             try:
                 if len(parts) != 2:
                     raise ValueError
-                entries.append((int(parts[0]), int(parts[1])))
+                key, offset = int(parts[0]), int(parts[1])
+                if key < 0 or offset < 0:
+                    raise ValueError
+                entries.append((key, offset))
             except ValueError:
                 raise BadRecordSet(f"{idx_path}:{line_no}: malformed index line {line.strip()[:60]!r}")
     return entries
