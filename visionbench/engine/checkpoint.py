@@ -94,6 +94,19 @@ def _is_write_failure(err: Exception) -> bool:
     return isinstance(err, OSError) or "MXNetError" in type(err).__name__
 
 
+def remove_leftovers(prefix: Path) -> List[Path]:
+    """Delete partial files of checkpoint writes that were killed. Called
+    with PREFIX.lock held, so no live writer owns them."""
+    prefix = Path(prefix)
+    if not prefix.parent.is_dir():
+        return []
+    leftovers = [path for pattern in (f".{prefix.name}.partial-*", f"{prefix.name}-*.states.partial")
+                 for path in prefix.parent.glob(pattern)]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
 def load_meta(prefix: Path, epoch: int, iteration: int = 0) -> dict:
     path = checkpoint_paths(prefix, epoch, iteration)["meta"]
     try:

@@ -12,7 +12,7 @@ from ..cli import Interrupted, UsageError
 from ..config import Config, model_name, to_dict
 from ..phases import DataSettings
 from .checkpoint import (checkpoint_paths, complete_epochs, complete_positions, load_meta, load_states,
-                         load_weights, prune, save_checkpoint)
+                         load_weights, prune, remove_leftovers, save_checkpoint)
 from .plan import TrainingPlan, data_folder, format_rows, make_plan
 from .precision import LossScaler, resolve_precision
 from .trainer import (EpochProgress, Run, _loader, build_net, build_trainer, evaluate, result_steps,
@@ -116,7 +116,7 @@ def train(config: Config, devices, group=None) -> int:
     which worker this is and sums metrics over all of them. Rank 0 alone
     prints, writes checkpoints and reports, and holds the lock on
     --model-prefix (PREFIX.lock) so that two runs never write one prefix."""
-    from ..files import FolderLock
+    from ..files import FolderLock, remove_stale_partials
     from .collective import Single
 
     group = group or Single()
@@ -128,6 +128,8 @@ def train(config: Config, devices, group=None) -> int:
     with contextlib.ExitStack() as stack:
         if writes:
             stack.enter_context(FolderLock(Path(f"{prefix}.lock"), f"--model-prefix {prefix}"))
+            remove_leftovers(prefix)
+            remove_stale_partials([Path(p) for p in (config.report, config.dawn_tsv) if p])
         stop = stack.enter_context(StopRequest())
         return _train(config, devices, group, stop)
 
