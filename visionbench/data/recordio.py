@@ -417,8 +417,7 @@ class RecordReader:
             # The common case, one part: slice it out of the map (no copy, no
             # call into MXNet). Split records and damage take MXNet's reader.
             if magic == RECORDIO_MAGIC and length_word >> 29 == 0 and start + length <= len(view):
-                header, payload = mx.recordio.unpack(view[start:start + length])
-                return float(header.label), payload
+                return self._unpack(view[start:start + length], position)
         key = self.keys[position]
         try:
             record = self._reader.read_idx(key)
@@ -426,8 +425,20 @@ class RecordReader:
             record = None
         if record is None:
             raise BadRecordSet(f"record {key} of {self.rec_path} is truncated or corrupted", key)
-        header, payload = mx.recordio.unpack(record)
-        return float(header.label), memoryview(payload)
+        label, payload = self._unpack(record, position)
+        return label, memoryview(payload)
+
+    def _unpack(self, record, position: int) -> tuple:
+        """(label, payload) of one record; a damaged image header (a label
+        count the record cannot hold, several labels) is a BadRecordSet."""
+        key = self.keys[position]
+        try:
+            header, payload = mx.recordio.unpack(record)
+        except (ValueError, struct.error):
+            raise BadRecordSet(f"record {key} of {self.rec_path} has a damaged header", key)
+        if header.flag != 0:
+            raise BadRecordSet(f"record {key} of {self.rec_path} has {header.flag} labels, expected one", key)
+        return float(header.label), payload
 
     def image_sizes(self):
         """(width, height) per position, parsed from the image headers once and

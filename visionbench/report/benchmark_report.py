@@ -3,12 +3,12 @@ beside it: REPORT.md (the tables) and REPORT.png (the plot)."""
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Dict, List
 
 from ..files import write_bytes_atomic, write_text_atomic
 from .schema import validate_report
+from .train_report import write_report   # noqa: F401 - one atomic JSON writer for both reports
 
 SCHEMA_VERSION = 1
 
@@ -30,10 +30,6 @@ def build_report(mode: str, config: dict, env: dict, records: List[dict], status
               "config": config, "environment": env, "results": records}
     validate_report(report, "benchmark_report")
     return report
-
-
-def write_report(path: Path, report: dict) -> None:
-    write_text_atomic(Path(path), json.dumps(report, indent=2) + "\n")
 
 
 WHAT_IS_TIMED = {
