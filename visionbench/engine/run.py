@@ -15,8 +15,8 @@ from .checkpoint import (checkpoint_paths, complete_epochs, complete_positions, 
                          load_weights, prune, remove_leftovers, save_checkpoint)
 from .plan import TrainingPlan, data_folder, format_rows, make_plan
 from .precision import LossScaler, resolve_precision
-from .trainer import (EpochProgress, Run, _loader, build_net, build_trainer, evaluate, result_steps,
-                      train_epoch)
+from .trainer import (EpochProgress, Run, _loader, build_net, build_trainer, capped_steps, evaluate,
+                      result_steps, train_epoch)
 
 
 def _train_images(config: Config, settings: DataSettings) -> int:
@@ -42,7 +42,7 @@ def plan_for(config: Config, devices_per_worker: int, num_workers: int = 1) -> T
             counts[key] = _train_images(config, settings)
         steps = steps_per_epoch(config.data_backend, counts[key], settings.batch_size,
                                 devices_per_worker, num_workers)
-        return min(steps, config.iterations) if config.iterations else steps
+        return capped_steps(config, steps)
 
     return make_plan(config, devices_per_worker * num_workers, steps_of)
 
@@ -61,9 +61,6 @@ def _check_outputs(config: Config, resuming: bool) -> None:
     for path in (config.report, config.dawn_tsv):
         if path and Path(path).exists():
             raise UsageError(f"{path} already exists (another run's?); move it or choose another path")
-    prefix = Path(config.model_prefix)
-    if not prefix.parent.is_dir():
-        raise UsageError(f"--model-prefix {prefix}: folder {prefix.parent} does not exist")
     for path in (config.report, config.dawn_tsv):
         if path and not Path(path).parent.is_dir():
             raise UsageError(f"{path}: folder {Path(path).parent} does not exist")

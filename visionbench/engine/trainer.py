@@ -222,9 +222,14 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
             "skipped_steps": scaler.skipped_steps - skipped_before, "images": total_images, "iterations": steps}
 
 
+def capped_steps(config: Config, steps: int) -> int:
+    """Steps of a training epoch of ``steps`` batches: at most -i."""
+    return min(steps, config.iterations) if config.iterations else steps
+
+
 def result_steps(config: Config, loader) -> int:
-    """Steps of a training epoch: the loader's, capped by -i."""
-    return min(len(loader), config.iterations) if config.iterations else len(loader)
+    """Steps of a training epoch over ``loader``: what the plan counts too."""
+    return capped_steps(config, len(loader))
 
 
 def evaluate(net, loader, epoch: int = 0, group=None) -> dict:
