@@ -40,6 +40,9 @@ CASES = [
     ("runner", SYN + ["--benchmark", "-e", "2"], "use it with --mode train"),
     ("runner", SYN + ["--min-random-area", "0"], "min-random-area must be in (0, 1]"),
     ("runner", SYN + ["--kv-store", "dist_sync", "--node-rank", "3", "--nnodes", "2"], "--node-rank must be in 0..1"),
+    ("runner", SYN + ["--bad-records", "ignore"], "invalid choice: 'ignore'"),
+    ("runner", RUN + ["--data-root", "data", "--data-backend", "mxnet", "--bad-records", "skip"],
+     "--bad-records skip needs a DALI backend"),
     # benchmark.py
     ("benchmark", ["--device", "cpu", "-n", "0", "-b", "4"], "positive integers"),
     ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "--dtype", "bfloat16"], "float16 and/or float32"),

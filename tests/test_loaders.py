@@ -249,6 +249,45 @@ def test_record_that_is_not_an_image_is_named(tmp_path):
         make_loader(spec(prefix, train=False, batch_size=4, augment=Augment(rect_val=True)))
 
 
+def _with_garbage(prefix, count, bad):
+    """The coloured set with the records in ``bad`` replaced by bytes that are no image."""
+    def payload(i):
+        if i in bad:
+            return b"not a jpeg at all"
+        h, w = SHAPES[i % len(SHAPES)]
+        image = np.empty((h, w, 3), np.uint8)
+        image[:] = index_colour(i)
+        return cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    return write_set(prefix, count, payload_of=payload)
+
+
+@pytest.mark.parametrize("devices, train, rect", [(1, True, False), (2, True, False), (1, False, True)])
+def test_bad_records_skip_leaves_out_exactly_the_undecodable_records(tmp_path, capfd, devices, train, rect):
+    bad = {5, 11}
+    prefix = _with_garbage(tmp_path / "bad", 24, bad)
+    loader = make_loader(spec(prefix, train=train, batch_size=4, bad_records="skip",
+                              devices=[mx.cpu(i) for i in range(devices)], augment=Augment(rect_val=rect)))
+    for epoch in range(2):
+        before = loader.skipped_records
+        steps = list(loader.epoch(epoch))
+        pixels, labels = seen_indices(steps)
+        # Every good record once per epoch, in full batches; the bad ones never, counted.
+        assert sorted(pixels) == sorted(labels) == sorted(set(range(24)) - bad)
+        assert len(steps) == len(loader) and all(d.shape[0] == 4 for step in steps for d, _, _ in step)
+        assert loader.skipped_records - before == 2
+    # A warning names each bad record once, when it is found (rect val finds them before any pipeline).
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert sorted(warnings) == sorted(
+        f"warning: record {k} of {prefix}.rec is not a decodable image: left out (--bad-records skip)" for k in bad)
+
+
+def test_bad_records_skip_is_refused_where_it_cannot_work(coloured):
+    with pytest.raises(UsageError, match="--bad-records skip needs a DALI backend"):
+        make_loader(spec(coloured, backend="mxnet", bad_records="skip"))
+    with pytest.raises(UsageError, match="unknown bad-record policy 'ignore'"):
+        make_loader(spec(coloured, bad_records="ignore"))
+
+
 @pytest.mark.gpu
 def test_dali_gpu_decodes_onto_each_gpu(coloured):
     devices = [mx.gpu(0)]

@@ -180,3 +180,59 @@ def test_a_second_run_on_the_same_prefix_is_refused_until_the_first_dies(tmp_pat
     third = run_runner(*_args(prefix, "-e", "1"))
     assert third.returncode == 0, third.stderr
     assert not Path(f"{prefix}.lock").exists()
+
+
+def _set_with_one_bad_record(prefix, count, bad_index):
+    from visionbench.data.recordio import RecordSetWriter
+
+    import cv2
+    rng = np.random.default_rng(count)
+    with RecordSetWriter(prefix) as writer:
+        for i in range(count):
+            image = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+            payload = (b"\xff\xd8 this JPEG is damaged" if i == bad_index
+                       else cv2.imencode(".jpg", image)[1].tobytes())
+            writer.write(i % 2, payload, f"c{i % 2}/{i}.jpg")
+        writer.finish(tool="folder_to_rec", source="test", classes=["c0", "c1"],
+                      options={"resize": None, "quality": 95, "workers": 1, "shuffle": False,
+                               "seed": 0, "strict": True}, seconds=0.1)
+
+
+@pytest.fixture(scope="module")
+def damaged_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("damaged")
+    _set_with_one_bad_record(root / "train", 32, bad_index=9)
+    _set_with_one_bad_record(root / "val", 16, bad_index=3)
+    return root
+
+
+def _damaged_args(root, tmp_path, *extra):
+    return ["--device", "cpu", "-n", "1", "-b", "8", "--data-root", root, "--image-size", "16",
+            "--num-layers", "18", "--num-classes", "2", "--warmup-epochs", "0", "-e", "2",
+            "--model-prefix", tmp_path / "m", "--report", tmp_path / "r.json", *extra]
+
+
+def test_an_undecodable_record_stops_the_run_by_default_naming_record_and_file(damaged_data, tmp_path):
+    result = run_runner(*_damaged_args(damaged_data, tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[-1] == (f"train.py: error: record 9 of {damaged_data}/train.rec is not a decodable image "
+                         "(--bad-records skip leaves such records out)")
+    # Before it, at most the JPEG decoder's own diagnostic, which DALI's C++ code prints itself.
+    assert lines[:-1] in ([], ["Input file read error"])
+    assert not list(tmp_path.glob("m-*.params"))
+
+
+def test_bad_records_skip_trains_on_and_counts_what_it_left_out(damaged_data, tmp_path):
+    result = run_runner(*_damaged_args(damaged_data, tmp_path, "--bad-records", "skip"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    validate_report(report, "train_report")
+    # One train and one val record per epoch, each named once in a warning.
+    assert [e["skipped_records"] for e in report["epochs"]] == [2, 2] and report["summary"]["skipped_records"] == 4
+    assert [e["train_images"] for e in report["epochs"]] == [31, 31]
+    assert [e["val_images"] for e in report["epochs"]] == [15, 15]
+    warnings = sorted(line for line in result.stderr.splitlines() if line.startswith("warning:"))
+    assert warnings == [f"warning: record {key} of {damaged_data}/{split}.rec is not a decodable image: "
+                        "left out (--bad-records skip)" for key, split in ((3, "val"), (9, "train"))]
+    assert "2 undecodable records left out" in result.stdout

@@ -2,7 +2,7 @@
 import numpy as np
 from hypothesis import given, strategies as st
 
-from visionbench.data.sampling import (batches_per_epoch, epoch_order, rect_crop_shape,
+from visionbench.data.sampling import (batches_per_epoch, epoch_order, leave_out, rect_crop_shape,
                                        rect_val_epoch, shard_epoch)
 
 
@@ -54,3 +54,21 @@ def test_rect_val_batches_sorted_by_aspect_and_shaped_by_their_mean():
             mean = aspect[positions[: 5 - pad]].mean() if pad < 5 else aspect[positions].mean()
             assert tuple(crop) == rect_crop_shape(mean, 64)
     assert sorted(covered) == list(range(37))
+
+
+@given(st.integers(1, 9).flatmap(lambda size: st.tuples(
+    st.just(size), st.integers(0, size), st.sets(st.integers(0, 30), max_size=12))))
+def test_leave_out_keeps_the_batch_size_and_turns_left_out_records_into_padding(case):
+    size, pad, left_out = case
+    positions = np.arange(size, dtype=np.int64) * 3   # data first, then `pad` repeats of it
+    if pad:
+        positions[size - pad:] = positions[0]
+    filler = 99
+    batch, new_pad, dropped = leave_out(positions, pad, left_out, filler)
+    data = [int(p) for p in positions[:size - pad]]
+    kept = [p for p in data if p not in left_out]
+    assert len(batch) == size and dropped == len(data) - len(kept) and new_pad == size - len(kept)
+    assert batch[:len(kept)].tolist() == kept                         # the data, in its order
+    assert not set(batch.tolist()) & left_out                         # nothing left out is fed
+    # Padding repeats the data (the filler when none is left), or is the batch's own padding.
+    assert set(batch[len(kept):].tolist()) <= set(kept) | {filler} | set(positions[size - pad:].tolist())

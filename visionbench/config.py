@@ -59,6 +59,9 @@ class Config:
     rect_val: bool = option(False, "--rect-val", help="rectangular validation batches (imagenet18)")
     dali_threads: Optional[int] = option(None, "--dali-threads", metavar="T",
                                          help="decoding threads per device pipeline (default: cores / devices)")
+    bad_records: str = option("fail", "--bad-records", choices=("fail", "skip"),
+                              help="a record that does not decode: fail (stop, naming the record and file) or "
+                                   "skip (leave it out, warn, count it in the report; DALI backends)")
     num_classes: int = option(1000, "--num-classes", metavar="C", help="classes (labels of synthetic data)")
     num_examples: int = option(1281167, "--num-examples", metavar="N",
                                help="images per epoch of synthetic data")

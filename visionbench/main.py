@@ -35,7 +35,7 @@ def loader_spec(config: Config, split: str, devices, rank: int = 0, num_workers:
         dtype=config.dtype, layout=config.input_layout, rank=rank, num_workers=num_workers,
         augment=Augment(recipe=config.augment, min_scale=config.min_random_area, rect_val=config.rect_val),
         seed=config.seed, threads=config.dali_threads, num_classes=config.num_classes,
-        synthetic_images=config.num_examples)
+        synthetic_images=config.num_examples, bad_records=config.bad_records)
 
 
 def run_io(config: Config) -> int:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
-from typing import Iterator, List, Optional
+from typing import AbstractSet, Callable, Iterator, List, Optional
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.mxnet import DALIGenericIterator
 
 from .recordio import BadRecordSet, RecordReader
-from .sampling import RectEpoch, ShardEpoch, derive_seed
+from .sampling import RectEpoch, ShardEpoch, derive_seed, leave_out
 from .spec import RECT_VAL_RESIZE_RATIO, VAL_RESIZE_RATIO, LoaderSpec
 
 _DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
@@ -46,14 +46,27 @@ def _to_device(node, context, decode_device: str):
 
 class _EpochFeed:
     """The external source of one device pipeline for one epoch: encoded
-    images, labels and (rect val) per-sample resize/crop sizes."""
+    images, labels and (rect val) per-sample resize/crop sizes. Positions in
+    ``left_out`` (records found undecodable, --bad-records skip) are never fed:
+    see sampling.leave_out."""
 
-    def __init__(self, reader: RecordReader, plan: ShardEpoch, spec: LoaderSpec):
-        self.reader, self.plan, self.spec = reader, plan, spec
+    def __init__(self, reader: RecordReader, plan: ShardEpoch, spec: LoaderSpec,
+                 left_out: AbstractSet[int] = frozenset()):
+        self.reader, self.plan, self.spec, self.left_out = reader, plan, spec, left_out
         self.batch = 0
         # Positions of the latest batches handed to DALI, to name a record it
         # fails on: at most the prefetch queue plus the batch being decoded.
         self.fed: deque = deque(maxlen=PREFETCH_DEPTH + 2)
+
+    def batch_at(self, index: int) -> tuple[np.ndarray, int, int]:
+        """(positions, pad, records left out) of batch ``index``."""
+        positions, pad = self.plan.positions[index], int(self.plan.pads[index])
+        if not self.left_out:
+            return positions, pad, 0
+        filler = next((int(p) for p in self.plan.positions.flat if int(p) not in self.left_out), None)
+        if filler is None:
+            raise BadRecordSet(f"{self.reader.rec_path}: no record of a device's share of the epoch decodes")
+        return leave_out(positions, pad, self.left_out, filler)
 
     def __iter__(self):
         return self
@@ -61,7 +74,7 @@ class _EpochFeed:
     def __next__(self):
         if self.batch >= len(self.plan.positions):
             raise StopIteration
-        positions = self.plan.positions[self.batch]
+        positions, _, _ = self.batch_at(self.batch)
         encoded, labels = [], []
         for position in positions:
             label, payload = self.reader.read(int(position))
@@ -160,40 +173,65 @@ def build_pipeline(spec: LoaderSpec, feed: _EpochFeed, context, seed: int):
     return pipeline()
 
 
-def dali_epoch(spec: LoaderSpec, reader: RecordReader, plans: List[ShardEpoch], epoch: int) -> Iterator[list]:
-    """Yield, per step, one (data, label) pair of NDArrays per device."""
-    feeds = [_EpochFeed(reader, plan, spec) for plan in plans]
+def dali_epoch(spec: LoaderSpec, reader: RecordReader, plans: List[ShardEpoch], epoch: int,
+               left_out: AbstractSet[int] = frozenset(),
+               skip: Optional[Callable[[int], None]] = None) -> Iterator[tuple]:
+    """Yield, per step, ``(parts, dropped)``: one (data, label, pad) per device
+    and how many records of ``left_out`` (positions never fed) the step lacks.
+
+    A record DALI cannot decode stops the epoch with a BadRecordSet naming it
+    (``skip`` None: --bad-records fail), or is handed to ``skip(position)``,
+    which must add it to ``left_out``; the pipelines then restart at the step
+    that failed, exactly as a resume there would."""
+    steps = len(plans[0].positions)
+    step = 0
+    while step < steps:
+        feeds = [_EpochFeed(reader, plan.from_step(step), spec, left_out) for plan in plans]
+        try:
+            for parts in _run_pipelines(spec, feeds, epoch):
+                yield parts
+                step += 1
+            return
+        except RuntimeError as err:
+            position = _undecodable(reader, feeds)
+            if position is None or position in left_out:
+                raise
+            if skip is None:
+                key = reader.keys[position]
+                raise BadRecordSet(f"record {key} of {reader.rec_path} is not a decodable image "
+                                   "(--bad-records skip leaves such records out)", key) from err
+            skip(position)
+
+
+def _run_pipelines(spec: LoaderSpec, feeds: List[_EpochFeed], epoch: int) -> Iterator[tuple]:
     pipes = [build_pipeline(spec, feed, context, derive_seed(spec.seed, spec.shard_id(i), epoch))
              for i, (feed, context) in enumerate(zip(feeds, spec.devices))]
-    steps = len(plans[0].positions)
-    try:
-        # Without a DALI reader the plugin counts samples: the epoch is
-        # exactly steps x devices x batch, every batch full (padding included).
-        with warnings.catch_warnings():
-            # The plugin warns whenever `size` is given instead of a DALI reader.
-            warnings.filterwarnings("ignore", message="Please set `reader_name`")
-            iterator = DALIGenericIterator(
-                pipes, [("data", DALIGenericIterator.DATA_TAG), ("label", DALIGenericIterator.LABEL_TAG)],
-                size=steps * len(pipes) * spec.batch_size, auto_reset=False)
-    except RuntimeError as err:
-        raise _diagnose(err, reader, feeds)
-    for _ in range(steps):
-        try:
-            batches = next(iterator)
-        except RuntimeError as err:
-            raise _diagnose(err, reader, feeds)
-        out = []
-        for batch, context in zip(batches, spec.devices):
+    steps = len(feeds[0].plan.positions)
+    # Without a DALI reader the plugin counts samples: the epoch is
+    # exactly steps x devices x batch, every batch full (padding included).
+    with warnings.catch_warnings():
+        # The plugin warns whenever `size` is given instead of a DALI reader.
+        warnings.filterwarnings("ignore", message="Please set `reader_name`")
+        iterator = DALIGenericIterator(
+            pipes, [("data", DALIGenericIterator.DATA_TAG), ("label", DALIGenericIterator.LABEL_TAG)],
+            size=steps * len(pipes) * spec.batch_size, auto_reset=False)
+    for step in range(steps):
+        batches = next(iterator)
+        parts, dropped = [], 0
+        for batch, context, feed in zip(batches, spec.devices, feeds):
             data, label = batch.data[0], batch.label[0]
             if data.context != context:
                 data, label = data.as_in_context(context), label.as_in_context(context)
-            out.append((data, label))
-        yield out
+            _, pad, left = feed.batch_at(step)
+            parts.append((data, label, pad))
+            dropped += left
+        yield parts, dropped
     del iterator, pipes
 
 
-def _diagnose(err: RuntimeError, reader: RecordReader, feeds: List[_EpochFeed]) -> Exception:
-    """Name the record DALI could not decode, if it is one of the batches in flight."""
+def _undecodable(reader: RecordReader, feeds: List[_EpochFeed]) -> Optional[int]:
+    """The position of a record DALI could not decode, if it is one of the
+    batches in flight (decoded again with Pillow to find it)."""
     import io
 
     from PIL import Image
@@ -205,6 +243,5 @@ def _diagnose(err: RuntimeError, reader: RecordReader, feeds: List[_EpochFeed]) 
                 try:
                     Image.open(io.BytesIO(payload)).load()
                 except Exception:  # noqa: BLE001 - any failure means: not decodable
-                    key = reader.keys[int(position)]
-                    return BadRecordSet(f"record {key} of {reader.rec_path} is not a decodable image", key)
-    return err
+                    return int(position)
+    return None

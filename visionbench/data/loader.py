@@ -18,11 +18,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterator, List, NamedTuple
 
+import numpy as np
+
 from ..cli import UsageError
 from .recordio import RecordReader
-from .sampling import (ShardEpoch, batches_per_epoch, epoch_order, rect_val_epoch, shard_epoch,
-                       smallest_shard)
-from .spec import BACKENDS, DTYPES, LAYOUTS, LoaderSpec
+from .sampling import batches_per_epoch, epoch_order, rect_val_epoch, shard_epoch, smallest_shard
+from .spec import BACKENDS, BAD_RECORD_POLICIES, DTYPES, LAYOUTS, LoaderSpec
 
 MIN_IMAGE_SIZE = 8   # pixels
 
@@ -60,6 +61,11 @@ def check_spec(spec: LoaderSpec) -> None:
         raise UsageError(f"padding {aug.pad} / Cutout {aug.cutout} do not fit {spec.image_size}-pixel images")
     if spec.backend == "dali-gpu" and any(c.device_type != "gpu" for c in spec.devices):
         raise UsageError("--data-backend dali-gpu needs GPU devices; use dali-cpu with --device cpu")
+    if spec.bad_records not in BAD_RECORD_POLICIES:
+        raise UsageError(f"unknown bad-record policy {spec.bad_records!r} (choose from {', '.join(BAD_RECORD_POLICIES)})")
+    if spec.bad_records == "skip" and spec.backend == "mxnet":
+        raise UsageError("--bad-records skip needs a DALI backend (dali-cpu or dali-gpu); "
+                         "the mxnet backend's ImageRecordIter stops at an undecodable record")
     if spec.backend != "synthetic" and spec.prefix is None:
         raise UsageError(f"--data-backend {spec.backend} needs a dataset (--data-root)")
 
@@ -72,6 +78,10 @@ class Loader:
         self.spec = spec
         self._reader = None
         self._synthetic = None
+        # --bad-records skip: dataset positions found undecodable, never fed
+        # again, and the records left out of the steps yielded so far.
+        self.left_out: set = set()
+        self.skipped_records = 0
         if spec.backend == "synthetic":
             from .synthetic import synthetic_batches, synthetic_tensors
             self._steps = synthetic_batches(spec)
@@ -98,9 +108,19 @@ class Loader:
         self._steps = batches_per_epoch(self.dataset_images, spec.num_shards, spec.batch_size)
         self._sizes = None
         if spec.augment.rect_val and not spec.train and spec.augment.recipe == "imagenet":
-            self._sizes = self._reader.image_sizes()
+            self._sizes = self._reader.image_sizes(unreadable_ok=spec.bad_records == "skip")
+            for position in np.flatnonzero(self._sizes[:, 1] == 0):
+                self._leave_out(int(position))
         self.num_images = sum(p.valid for p in self.plans(0))
         self._next_epoch = 0
+
+    def _leave_out(self, position: int) -> None:
+        """--bad-records skip: never feed this undecodable record again."""
+        import sys
+
+        self.left_out.add(position)
+        print(f"warning: record {self._reader.keys[position]} of {self._reader.rec_path} is not a decodable "
+              "image: left out (--bad-records skip)", file=sys.stderr, flush=True)
 
     def __len__(self) -> int:
         return self._steps
@@ -132,12 +152,13 @@ class Loader:
                     yield [DeviceBatch(*part) for part in parts]
             return
         from .dali import dali_epoch
-        plans = [ShardEpoch(plan.positions[start_step:], plan.pads[start_step:]) if start_step else plan
-                 for plan in self.plans(epoch)]
+        plans = [plan.from_step(start_step) for plan in self.plans(epoch)]
         if not len(plans[0].positions):
             return
-        for step, parts in enumerate(dali_epoch(spec, self._reader, plans, epoch)):
-            yield [DeviceBatch(data, label, int(plan.pads[step])) for (data, label), plan in zip(parts, plans)]
+        skip = self._leave_out if spec.bad_records == "skip" else None
+        for parts, dropped in dali_epoch(spec, self._reader, plans, epoch, self.left_out, skip):
+            self.skipped_records += dropped
+            yield [DeviceBatch(*part) for part in parts]
 
     def __iter__(self) -> Iterator[List[DeviceBatch]]:
         """Successive epochs on successive iterations (0, 1, 2, ...)."""

@@ -440,9 +440,11 @@ class RecordReader:
             raise BadRecordSet(f"record {key} of {self.rec_path} has {header.flag} labels, expected one", key)
         return float(header.label), payload
 
-    def image_sizes(self):
+    def image_sizes(self, unreadable_ok: bool = False):
         """(width, height) per position, parsed from the image headers once and
-        cached as PREFIX.sizes.npy (rebuilt when the .idx or .rec changes)."""
+        cached as PREFIX.sizes.npy (rebuilt when the .idx or .rec changes).
+        A record that is not an image is a BadRecordSet, or with
+        ``unreadable_ok`` (--bad-records skip) the size (0, 0)."""
         import io
 
         import numpy as np
@@ -455,7 +457,13 @@ class RecordReader:
             try:
                 stored = np.load(cache)
                 if stored.shape == (len(self) + 2, 2) and np.array_equal(stored[:2].ravel(), stamp):
-                    return stored[2:].astype(np.int64)
+                    sizes = stored[2:].astype(np.int64)
+                    unreadable = np.flatnonzero(sizes[:, 1] == 0)
+                    if len(unreadable) and not unreadable_ok:
+                        position = int(unreadable[0])
+                        raise BadRecordSet(f"record {self.keys[position]} of {self.rec_path} is not an image",
+                                           self.keys[position])
+                    return sizes
             except (OSError, ValueError):
                 pass   # unreadable cache: rebuilt below
         sizes = np.empty((len(self), 2), dtype=np.int64)
@@ -464,8 +472,10 @@ class RecordReader:
             try:
                 sizes[position] = Image.open(io.BytesIO(payload)).size
             except (UnidentifiedImageError, OSError) as err:
-                raise BadRecordSet(f"record {self.keys[position]} of {self.rec_path} is not an image ({err})",
-                                   self.keys[position])
+                if not unreadable_ok:
+                    raise BadRecordSet(f"record {self.keys[position]} of {self.rec_path} is not an image ({err})",
+                                       self.keys[position])
+                sizes[position] = (0, 0)
         tmp = partial_path(cache)
         try:
             with open(tmp, "wb") as handle:

@@ -12,7 +12,8 @@ on it without talking, and an epoch can be replayed exactly on resume.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import AbstractSet
 
 import numpy as np
 
@@ -55,6 +56,10 @@ class ShardEpoch:
     def valid(self) -> int:
         return int(self.positions.size - self.pads.sum())
 
+    def from_step(self, step: int) -> "ShardEpoch":
+        """The epoch's batches from ``step`` on (a resume or restart inside it)."""
+        return replace(self, positions=self.positions[step:], pads=self.pads[step:]) if step else self
+
 
 def shard_epoch(order: np.ndarray, num_shards: int, shard_id: int, batch_size: int) -> ShardEpoch:
     start, end = shard_bounds(len(order), num_shards, shard_id)
@@ -66,6 +71,21 @@ def shard_epoch(order: np.ndarray, num_shards: int, shard_id: int, batch_size: i
     ends = np.arange(1, batches + 1) * batch_size
     pads = np.clip(ends - len(mine), 0, batch_size)
     return ShardEpoch(np.resize(mine, batches * batch_size).reshape(batches, batch_size), pads)
+
+
+def leave_out(positions: np.ndarray, pad: int, left_out: AbstractSet[int], filler: int) -> tuple[np.ndarray, int, int]:
+    """One batch without the positions in ``left_out`` (records that failed
+    to decode, under --bad-records skip): ``(positions, pad, dropped)``. The
+    batch keeps its size; its remaining data comes first and padding that
+    repeats it follows, so a dropped record counts as padding, not as data.
+    ``filler`` (a good position of the shard) pads a batch left with no data."""
+    data = positions[:len(positions) - pad]
+    kept = [int(p) for p in data if int(p) not in left_out]
+    dropped = len(data) - len(kept)
+    if not dropped and not any(int(p) in left_out for p in positions[len(data):]):
+        return positions, pad, 0
+    batch = np.resize(np.asarray(kept or [filler], dtype=np.int64), len(positions))
+    return batch, len(positions) - len(kept), dropped
 
 
 def rect_crop_shape(aspect: float, size: int) -> tuple[int, int]:
@@ -82,13 +102,19 @@ class RectEpoch(ShardEpoch):
     """A rect-val shard: ``crops[b]`` is the (height, width) of batch ``b``."""
     crops: np.ndarray = None   # (batches, 2) int64
 
+    def from_step(self, step: int) -> "RectEpoch":
+        return replace(super().from_step(step), crops=self.crops[step:]) if step else self
+
 
 def rect_val_epoch(widths_heights: np.ndarray, num_shards: int, shard_id: int,
                    batch_size: int, size: int) -> RectEpoch:
     """imagenet18's rectangular validation: records sorted by aspect ratio
     (stable, so ties keep file order), cut into shards and batches; each batch
-    is cropped to the shape of its valid images' mean aspect ratio."""
-    aspect = widths_heights[:, 0] / widths_heights[:, 1]
+    is cropped to the shape of its valid images' mean aspect ratio. A record
+    of size (0, 0) is unreadable (--bad-records skip): it sorts as square and
+    does not count towards its batch's shape."""
+    readable = widths_heights[:, 1] > 0
+    aspect = np.where(readable, widths_heights[:, 0] / np.maximum(widths_heights[:, 1], 1), 1.0)
     order = np.argsort(aspect, kind="stable")
     plain = shard_epoch(order, num_shards, shard_id, batch_size)
     crops = []
@@ -96,5 +122,6 @@ def rect_val_epoch(widths_heights: np.ndarray, num_shards: int, shard_id: int,
         # A batch that is all padding (a short shard's extra batch) takes its
         # shape from the repeated records.
         valid = positions[: batch_size - pad] if pad < batch_size else positions
+        valid = valid[readable[valid]] if readable[valid].any() else valid
         crops.append(rect_crop_shape(float(aspect[valid].mean()), size))
     return RectEpoch(plain.positions, plain.pads, np.asarray(crops, dtype=np.int64))

@@ -9,6 +9,7 @@ from typing import Optional, Sequence, Tuple
 BACKENDS = ("dali-gpu", "dali-cpu", "mxnet", "synthetic")
 DTYPES = ("float32", "float16")
 LAYOUTS = ("NCHW", "NHWC")
+BAD_RECORD_POLICIES = ("fail", "skip")
 
 # Normalisation on the 0..255 scale, RGB order.
 IMAGENET_MEAN = (123.68, 116.779, 103.939)
@@ -63,6 +64,7 @@ class LoaderSpec:
     threads: Optional[int] = None     # per device pipeline; None = cores / devices
     num_classes: int = 1000           # labels of synthetic data
     synthetic_images: int = 1281167   # images per epoch of synthetic data (ImageNet's train set)
+    bad_records: str = "fail"         # a record that does not decode: "fail" (stop, naming it) or "skip"
 
     @property
     def num_shards(self) -> int:

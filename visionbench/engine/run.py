@@ -69,9 +69,11 @@ def _check_outputs(config: Config, resuming: bool) -> None:
 def _epoch_line(record: dict, epochs: int) -> str:
     val = (f"val top-1 {record['val_top1']:.4f} top-5 {record['val_top5']:.4f} ({record['val_ips']:.0f} img/s)"
            if record["val_top1"] is not None else "no val")
+    left_out = (f"; {record['skipped_records']} undecodable records left out"
+                if record.get("skipped_records") else "")
     return (f"epoch {record['epoch'] + 1}/{epochs}: loss {record['train_loss']:.4f}, "
             f"{record['train_ips']:.1f} img/s, {record['epoch_train_s']:.1f} s, lr {record['lr']:.5g}, "
-            f"size {record['image_size']}, batch {record['batch_size']}; {val}")
+            f"size {record['image_size']}, batch {record['batch_size']}; {val}{left_out}")
 
 
 class StopRequest:
@@ -232,11 +234,13 @@ def _train(config: Config, devices, group, stop: StopRequest) -> int:
                   "val_s": None, "train_loss": result["train_loss"], "train_ips": result["train_ips"],
                   "val_top1": None, "val_top5": None, "val_ips": None, "lr": result["lr"],
                   "image_size": settings.image_size, "batch_size": settings.batch_size,
-                  "skipped_steps": result["skipped_steps"], "train_images": result["images"], "val_images": None}
+                  "skipped_steps": result["skipped_steps"], "train_images": result["images"], "val_images": None,
+                  "skipped_records": result["skipped_records"]}
         if validate:
             val_loader = _loader(config, "val", settings, devices, rank, num_workers, loaders)
             scores = evaluate(net, val_loader, epoch, group)
             record.update({k: scores[k] for k in ("val_top1", "val_top5", "val_ips", "val_s", "val_images")})
+            record["skipped_records"] += scores["skipped_records"]
         records.append(record)
         if record["val_top1"] is not None and (best is None or record["val_top1"] > best["val_top1"]):
             best = record

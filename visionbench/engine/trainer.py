@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict
 
 from ..config import Config, model_name
@@ -70,18 +70,15 @@ def build_trainer(config: Config, net, precision: Precision, kvstore=None):
 
 def _loader(config: Config, split: str, settings: DataSettings, devices, rank: int, num_workers: int, cache: Dict):
     from ..data.loader import make_loader
-    from ..data.spec import Augment, LoaderSpec
+    from ..main import loader_spec
 
     folder = data_folder(config, settings)
     key = (split, settings, str(folder))
     if key not in cache:
-        spec = LoaderSpec(
-            prefix=(folder / split) if folder else None, train=(split == "train"), batch_size=settings.batch_size,
-            image_size=settings.image_size, devices=devices, backend=config.data_backend, dtype=config.dtype,
-            layout=config.input_layout, rank=rank, num_workers=num_workers,
-            augment=Augment(recipe=config.augment, min_scale=settings.min_scale, rect_val=settings.rect_val),
-            seed=config.seed, threads=config.dali_threads, num_classes=config.num_classes,
-            synthetic_images=config.num_examples)
+        spec = loader_spec(config, split, devices, rank, num_workers)
+        spec = replace(spec, prefix=(folder / split) if folder else None, batch_size=settings.batch_size,
+                       image_size=settings.image_size,
+                       augment=replace(spec.augment, min_scale=settings.min_scale, rect_val=settings.rect_val))
         if len(cache) >= 4:   # phases change settings a few times; keep memory bounded
             cache.clear()
         cache[key] = make_loader(spec)
@@ -122,10 +119,11 @@ class EpochProgress:
     loss_sum: float = 0.0
     images: int = 0
     seconds: float = 0.0
+    skipped_records: int = 0  # left out as undecodable (--bad-records skip)
 
     def to_dict(self) -> dict:
         return {"iteration": self.iteration, "loss_sum": self.loss_sum, "images": self.images,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "skipped_records": self.skipped_records}
 
 
 def _check_finite(flags, epoch: int, iteration: int) -> None:
@@ -159,6 +157,7 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
     loss_sums = [mx.nd.zeros(1, ctx=c) for c in run.devices]
     images = start.images
     skipped_before = scaler.skipped_steps
+    left_out_before = loader.skipped_records
     lr = 0.0
     bar = None
     if progress:
@@ -210,16 +209,18 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
     seconds = start.seconds + time.perf_counter() - started
     if bar is not None:
         bar.close()
-    progress_made = EpochProgress(iteration, loss_sum, images, seconds)
+    left_out = start.skipped_records + loader.skipped_records - left_out_before
+    progress_made = EpochProgress(iteration, loss_sum, images, seconds, left_out)
     if iteration < steps:
         return {"complete": False, "progress": progress_made, "lr": lr}
     total_loss, total_images = loss_sum, images
     if run.group is not None:   # every worker's images and loss; the time is this worker's
-        total_loss, total_images = run.group.sum([loss_sum, images])
-        total_images = int(round(total_images))
+        total_loss, total_images, left_out = run.group.sum([loss_sum, images, left_out])
+        total_images, left_out = int(round(total_images)), int(round(left_out))
     return {"complete": True, "train_loss": total_loss / max(total_images, 1),
             "train_ips": total_images / seconds, "epoch_train_s": seconds, "lr": lr,
-            "skipped_steps": scaler.skipped_steps - skipped_before, "images": total_images, "iterations": steps}
+            "skipped_steps": scaler.skipped_steps - skipped_before, "images": total_images, "iterations": steps,
+            "skipped_records": left_out}
 
 
 def capped_steps(config: Config, steps: int) -> int:
@@ -241,6 +242,7 @@ def evaluate(net, loader, epoch: int = 0, group=None) -> dict:
     top1 = [mx.nd.zeros(1, ctx=c) for c in devices]
     top5 = [mx.nd.zeros(1, ctx=c) for c in devices]
     images = 0
+    left_out_before = loader.skipped_records
     started = time.perf_counter()
     for step in loader.epoch(epoch):
         for i, (data, label, pad) in enumerate(step):
@@ -255,8 +257,9 @@ def evaluate(net, loader, epoch: int = 0, group=None) -> dict:
     correct1 = sum(float(t.asscalar()) for t in top1)
     correct5 = sum(float(t.asscalar()) for t in top5)
     seconds = time.perf_counter() - started
+    left_out = loader.skipped_records - left_out_before
     if group is not None:
-        correct1, correct5, images = group.sum([correct1, correct5, images])
-        images = int(round(images))
+        correct1, correct5, images, left_out = group.sum([correct1, correct5, images, left_out])
+        images, left_out = int(round(images)), int(round(left_out))
     return {"val_top1": correct1 / images, "val_top5": correct5 / images, "val_ips": images / seconds,
-            "val_s": seconds, "val_images": images}
+            "val_s": seconds, "val_images": images, "skipped_records": left_out}

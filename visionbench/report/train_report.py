@@ -51,7 +51,8 @@ def summarize(epochs: List[dict], started: float, target_top1: Optional[float],
     return {"best_val_top1": best("val_top1"), "best_val_top5": best("val_top5"),
             "total_duration_s": time.time() - started,
             "time_to_target_s": {"top1": time_to("val_top1", target_top1), "top5": time_to("val_top5", target_top5)},
-            "skipped_steps": sum(e["skipped_steps"] for e in epochs)}
+            "skipped_steps": sum(e["skipped_steps"] for e in epochs),
+            "skipped_records": sum(e.get("skipped_records", 0) for e in epochs)}
 
 
 def build_report(config: dict, env: dict, epochs: List[dict], summary: dict, status: str) -> dict:
