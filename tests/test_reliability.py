@@ -3,7 +3,6 @@ resume, a full disk during a checkpoint, a diverged loss, two runs on one
 prefix."""
 import errno
 import json
-import os
 import random
 import signal
 import subprocess
@@ -105,7 +104,7 @@ def test_sigterm_mid_epoch_saves_the_exact_position_and_resume_finishes_equal(tm
     assert not Path(f"{prefix}.lock").exists()
     resumed = run_runner(*_args(prefix, "-e", "3", "--report", report, "--num-examples", "480"))
     assert resumed.returncode == 0, resumed.stderr
-    assert f"steps of the next" in resumed.stdout
+    assert "steps of the next" in resumed.stdout
     whole = tmp_path / "whole" / "m"
     whole.parent.mkdir()
     assert run_runner(*_args(whole, "-e", "3", "--num-examples", "480")).returncode == 0
