@@ -30,6 +30,7 @@ class FixedLoader:
     def __init__(self, batches, devices):
         self.batches, self.devices = batches, devices
         self.spec = SimpleNamespace(batch_size=len(batches[0][1]) // len(devices), devices=devices)
+        self.skipped_records = 0   # the Loader interface: records left out as undecodable
 
     def __len__(self):
         return len(self.batches)
