@@ -148,6 +148,10 @@ class Config:
     benchmark_warmup_epochs: int = option(1, "--benchmark-warmup-epochs", metavar="W",
                                           help="--benchmark and inference mode: first W epochs are run "
                                                "but not timed")
+    fuse_inference: bool = option(True, "--fuse-inference",
+                                  help="inference mode on CPU: fuse the graph for oneDNN (optimize_for "
+                                       "backend MKLDNN: convolution + BatchNorm + ReLU + sum in one operator); "
+                                       "--no-fuse-inference runs the plainly hybridized graph")
 
     @property
     def data_prefix(self) -> dict:

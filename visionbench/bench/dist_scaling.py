@@ -15,10 +15,10 @@ scaling efficiency img/s(2 workers) / (2 x img/s(1 worker)).
 """
 from __future__ import annotations
 
-import statistics
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from ..cli import ArgumentParser, UsageError, positive_int, run_main
+from .compare import in_rotation, median_ratio, median_table
 from .sweep import RUNNER, run_point
 
 KINDS = {
@@ -39,24 +39,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     common = ["--mode", "train", "--benchmark", "--device", "cpu", "--data-backend", "synthetic",
               "-b", str(args.batch_size), "--num-layers", str(args.num_layers), "--image-size", str(args.image_size),
               "--num-classes", "10", "-i", str(args.iterations), "-e", "3", "--benchmark-warmup-epochs", "1"]
-    ips: Dict[str, List[float]] = {kind: [] for kind in KINDS}
-    for _ in range(args.repeats):
-        for kind, flags in KINDS.items():
+
+    def point(flags: List[str], kind: str):
+        def run() -> float:
             outcome = run_point([str(RUNNER), *common, *flags], timeout=600)
             if outcome["status"] != "ok":
                 raise UsageError(f"{kind}: {outcome['error']}")
-            ips[kind].append(outcome["ips"])
-    median = {kind: statistics.median(values) for kind, values in ips.items()}
+            return outcome["ips"]
+        return run
+
+    ips = in_rotation({kind: point(flags, kind) for kind, flags in KINDS.items()}, args.repeats)
     print(f"ResNet{args.num_layers} v1.5, {args.image_size} px, batch {args.batch_size} per device, float32, "
           f"synthetic data, {args.iterations} timed steps x 2 epochs, {args.repeats} runs each\n")
-    print("| run | median img/s | min - max |\n| --- | --- | --- |")
-    for kind, values in ips.items():
-        print(f"| {kind} | {median[kind]:.1f} | {min(values):.1f} - {max(values):.1f} |")
-    one = median["1 worker x 1"]
+    print(median_table(ips, "run"))
     print(f"\nscaling efficiency, 2 workers (dist_sync) / (2 x 1 worker): "
-          f"{median['2 workers x 1 (dist_sync)'] / (2 * one):.2f}")
+          f"{median_ratio(ips, '2 workers x 1 (dist_sync)', '1 worker x 1') / 2:.2f}")
     print(f"for reference, 2 contexts in one worker / (2 x 1 worker): "
-          f"{median['1 worker x 2 (local kvstore)'] / (2 * one):.2f}")
+          f"{median_ratio(ips, '1 worker x 2 (local kvstore)', '1 worker x 1') / 2:.2f}")
     return 0
 
 

@@ -20,7 +20,6 @@ run starts a fresh loader and stays inside one epoch (warm-up + timed steps
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import cv2
 
 from ..cli import ArgumentParser, UsageError, positive_int, run_main
+from .compare import in_rotation, median_ratio, median_table
 
 
 def make_imagenet_like(root: Path, images: int, seed: int = 0) -> Path:
@@ -128,22 +128,13 @@ def compare(prefix: Path, batch_size: int, size: int, threads: int, steps: int, 
         "dali-cpu": visionbench_loader(prefix, "dali-cpu", batch_size, size, threads, seed, dtype),
         "mxnet": visionbench_loader(prefix, "mxnet", batch_size, size, threads, seed, dtype),
     }
-    results: Dict[str, List[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            results[name].append(run(steps, warmup))
-    return results
+    return in_rotation({name: (lambda run=run: run(steps, warmup)) for name, run in runs.items()}, repeats)
 
 
 def format_comparison(results: Dict[str, List[float]]) -> str:
-    median = {name: statistics.median(values) for name, values in results.items()}
-    lines = ["| pipeline | median img/s | min - max |", "| --- | --- | --- |"]
-    for name, values in results.items():
-        lines.append(f"| {name} | {median[name]:.0f} | {min(values):.0f} - {max(values):.0f} |")
-    lines.append("")
-    lines.append(f"dali-cpu / mxnet = {median['dali-cpu'] / median['mxnet']:.2f}; "
-                 f"dali-cpu / bare-dali = {median['dali-cpu'] / median['bare-dali']:.3f}")
-    return "\n".join(lines)
+    return (median_table(results, "pipeline", digits=0) + "\n\n"
+            f"dali-cpu / mxnet = {median_ratio(results, 'dali-cpu', 'mxnet'):.2f}; "
+            f"dali-cpu / bare-dali = {median_ratio(results, 'dali-cpu', 'bare-dali'):.3f}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

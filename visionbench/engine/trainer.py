@@ -88,9 +88,10 @@ def _loader(config: Config, split: str, settings: DataSettings, devices, rank: i
 def _float32(out):
     """Logits in float32 for the loss. NDArray.astype copies outside autograd
     (no gradient flows back): use the Cast operator, and only when needed."""
+    import numpy as np
     import mxnet as mx
 
-    return out if out.dtype == mx.nd.zeros(1).dtype else mx.nd.cast(out, dtype="float32")
+    return out if out.dtype == np.float32 else mx.nd.cast(out, dtype="float32")
 
 
 def _pad_mask(size: int, pad: int, context):
@@ -126,11 +127,15 @@ class EpochProgress:
                 "seconds": self.seconds, "skipped_records": self.skipped_records}
 
 
-def _check_finite(flags, epoch: int, iteration: int) -> None:
-    """Raise RunFailure if the loss of step ``iteration`` was NaN or Inf."""
+def _check_finite(step_sums, epoch: int, iteration: int) -> None:
+    """Raise RunFailure if the loss of step ``iteration`` was NaN or Inf:
+    ``step_sums`` are its per-device loss sums, which are finite exactly when
+    every sample's loss is (losses are >= 0: nothing cancels)."""
+    import math
+
     from ..cli import RunFailure
 
-    if flags is not None and not all(float(f.asscalar()) for f in flags):
+    if not all(math.isfinite(s.asscalar()) for s in step_sums):
         raise RunFailure(f"the loss is not finite (NaN or Inf) at epoch {epoch + 1}, iteration {iteration}: "
                          "stopping (lower --lr, or use float16's dynamic loss scaling); "
                          "the checkpoints written so far are kept")
@@ -164,7 +169,7 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
         from tqdm import tqdm
         bar = tqdm(total=steps, initial=start.iteration, desc=f"epoch {epoch}", unit="step", file=sys.stderr,
                    disable=None, leave=False)
-    pending = None   # (finite flags, iteration) of the previous step
+    pending = None   # (loss sums per device, iteration) of the previous step
     iteration = start.iteration
     started = time.perf_counter()
     for iteration, step in zip(range(start.iteration, steps), loader.epoch(epoch, start.iteration)):
@@ -181,10 +186,11 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
                 losses.append(loss)
             scaled = [loss * scaler.scale for loss in losses] if scaler.scale != 1 else losses
         autograd.backward(scaled)
+        step_sums = [loss.sum() for loss in losses]
         if not scaler.dynamic:
             if pending is not None:
                 _check_finite(pending[0], epoch, pending[1])
-            pending = ([mx.nd.all_finite(loss) for loss in losses], iteration)
+            pending = (step_sums, iteration)
         trainer.allreduce_grads()
         finite = True
         if scaler.dynamic:
@@ -192,8 +198,8 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
             finite = bool(mx.nd.multi_all_finite(*grads, num_arrays=len(grads)).asscalar())
         if scaler.update(finite):
             trainer.update(update_batch * scaler.scale)
-        for i, loss in enumerate(losses):
-            loss_sums[i] += loss.sum()
+        for total, step_sum in zip(loss_sums, step_sums):
+            total += step_sum
         images += sum(data.shape[0] - pad for data, _, pad in step)
         if bar is not None:
             bar.update(1)
