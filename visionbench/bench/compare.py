@@ -9,11 +9,14 @@ from typing import Callable, Dict, List, Mapping, Sequence
 
 
 def in_rotation(candidates: Mapping[str, Callable[[], float]], repeats: int) -> Dict[str, List[float]]:
-    """Call each candidate ``repeats`` times, in rotation; returns its values."""
+    """Call each candidate ``repeats`` times, in rotation; returns its values.
+    Every other round runs in reverse order (A B, B A, A B, ...), so that no
+    candidate always follows the same one (warm caches, a freed core)."""
     results: Dict[str, List[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, run in candidates.items():
-            results[name].append(run())
+    names = list(candidates)
+    for round_index in range(repeats):
+        for name in (names if round_index % 2 == 0 else reversed(names)):
+            results[name].append(candidates[name]())
     return results
 
 
