@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import one_line_error, run_tool, write_jpeg_tree
+from visionbench.data.folder import _check_chunk, _payload, ordered_map
 from visionbench.data.recordio import iter_records, parse_list_line, verify_record_set
 from visionbench.report.schema import validate_report
 
@@ -165,3 +166,26 @@ def test_existing_outputs_are_kept_unless_overwrite(jpeg_tree, tmp_path, overwri
         assert "already exists" in one_line_error(result) and "--overwrite" in result.stderr
         assert (tmp_path / "set.rec").read_bytes() == b"precious"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["set.rec", "src"]
+
+
+def _slow_square(x, delay):
+    import time
+    time.sleep(delay)
+    return x * x
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_ordered_map_keeps_task_order_whoever_runs_the_task(workers):
+    # Uneven delays: helpers and this process finish out of order.
+    tasks = [(i, 0.002 * (i % 3)) for i in range(40)]
+    assert list(ordered_map(_slow_square, tasks, workers)) == [i * i for i in range(40)]
+
+
+def test_a_file_changed_after_its_check_is_rejected_not_packed(tmp_path):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(cv2.imencode(".jpg", np.full((20, 20, 3), 50, np.uint8))[1].tobytes())
+    checked = _check_chunk(str(tmp_path), [("a.jpg", 0)], None, 90)[0]
+    assert checked.payload is None and checked.unchanged   # the bytes stay in the helper
+    assert _payload(tmp_path, "a.jpg", checked).payload == path.read_bytes()
+    path.write_bytes(path.read_bytes() + b"\0")
+    assert _payload(tmp_path, "a.jpg", checked).reason == "changed while being packed"

@@ -33,7 +33,8 @@ def folder_to_rec_parser() -> ArgumentParser:
     parser.add_argument("--quality", type=_quality, default=90, metavar="Q",
                         help="JPEG quality of resized copies (default: %(default)s)")
     parser.add_argument("--workers", type=positive_int, default=1, metavar="K",
-                        help="worker processes reading and checking images (default: %(default)s)")
+                        help="processes checking images, this one (which also writes) included: K - 1 helpers "
+                             "(default: %(default)s)")
     parser.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
                         help="shuffle the record order (default: on, as im2rec)")
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed (default: %(default)s)")

@@ -8,8 +8,9 @@ still catches truncated and corrupted files.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
-from typing import Optional
+import os
+from dataclasses import dataclass, replace
+from typing import Optional, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
@@ -28,6 +29,8 @@ class Prepared:
     source_format: str = ""    # Pillow's format name of the input
     width: int = 0             # of the stored image, in pixels
     height: int = 0
+    unchanged: bool = False    # the payload is the file's own bytes (pass-through)
+    stamp: Tuple[int, int] = (0, 0)   # (size in bytes, mtime in ns) of the file as read
 
 
 def _check_decodes(image: Image.Image) -> None:
@@ -58,7 +61,7 @@ def prepare_image(data: bytes, resize: Optional[int] = None,
         width, height = image.size
         if resize is None and source_format in PASS_THROUGH_FORMATS:
             _check_decodes(image)
-            return Prepared(data, source_format=source_format, width=width, height=height)
+            return Prepared(data, source_format=source_format, width=width, height=height, unchanged=True)
         if resize is not None and source_format == "JPEG":
             # Decode no larger than needed: at least 2x the target keeps the
             # antialiased downscale below as sharp as a full decode.
@@ -83,10 +86,16 @@ def prepare_image(data: bytes, resize: Optional[int] = None,
 def prepare_file(path: str, resize: Optional[int] = None,
                  quality: int = DEFAULT_JPEG_QUALITY) -> Prepared:
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data, stamp = read_stamped(path)
     except OSError as err:
         return Prepared(None, reason=f"cannot be read ({err.strerror})")
     if not data:
         return Prepared(None, reason="empty file")
-    return prepare_image(data, resize, quality)
+    return replace(prepare_image(data, resize, quality), stamp=stamp)
+
+
+def read_stamped(path: str) -> Tuple[bytes, Tuple[int, int]]:
+    """A file's bytes and its (size, mtime in ns) as of this read."""
+    with open(path, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        return handle.read(), (status.st_size, status.st_mtime_ns)
