@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import mxnet as mx
 import numpy as np
-import pytest
 
 from visionbench.bench import overhead
 from visionbench.bench.inference import inference_net
@@ -50,3 +49,36 @@ def test_inference_on_cpu_runs_the_fused_graph_with_the_same_outputs(tmp_path):
     # BatchNorm and ReLU are folded into the oneDNN convolutions: far fewer operators.
     assert "BatchNorm" in plain_ops and "BatchNorm" not in fused_ops
     assert "_sg_mkldnn_conv" in fused_ops and len(fused_ops) < len(plain_ops) / 2
+
+
+def test_gpu_settings_fill_only_unset_variables_and_only_for_gpu_runs():
+    from visionbench.engine.gpu_settings import apply_environment, decoder_options, mxnet_environment
+
+    assert mxnet_environment("cpu", rect_val=False) == {} and decoder_options("cpu") == {}
+    env = {"MXNET_OPTIMIZER_AGGREGATION_SIZE": "8"}   # the user's choice wins
+    apply_environment("gpu", rect_val=False, environ=env)
+    assert env == {"MXNET_OPTIMIZER_AGGREGATION_SIZE": "8", "MXNET_UPDATE_ON_KVSTORE": "0",
+                   "MXNET_CUDNN_AUTOTUNE_DEFAULT": "1"}
+    # Rectangular validation feeds a new shape every batch: no autotuning for each.
+    assert mxnet_environment("gpu", rect_val=True)["MXNET_CUDNN_AUTOTUNE_DEFAULT"] == "0"
+    assert set(decoder_options("mixed")) == {"device_memory_padding", "host_memory_padding", "hw_decoder_load"}
+
+
+def test_nvjpeg_options_are_arguments_dali_knows():
+    # The mixed decoder cannot run here; DALI's CPU decoder takes the same
+    # arguments, so a misspelt one fails this pipeline.
+    import cv2
+    from nvidia.dali import fn, pipeline_def, types
+
+    from visionbench.engine.gpu_settings import decoder_options
+
+    jpeg = cv2.imencode(".jpg", np.full((24, 32, 3), 90, np.uint8))[1]
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def pipeline():
+        encoded = fn.external_source(source=lambda: [jpeg], batch=True, dtype=types.UINT8)
+        return fn.decoders.image(encoded, device="cpu", **decoder_options("mixed"))
+
+    pipe = pipeline()
+    pipe.build()
+    assert pipe.run()[0].at(0).shape == (24, 32, 3)

@@ -56,6 +56,8 @@ def run_io(config: Config) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     config = resolve_devices(resolve(argv))
     check_data_root(config)
+    from .engine.gpu_settings import apply_environment
+    apply_environment(config.device, config.rect_val)
     distributed = config.kv_store in DIST_KV_STORES
     if config.print_schedule:
         from .engine.run import print_schedule

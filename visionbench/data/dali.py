@@ -8,7 +8,8 @@ output dtype (float16 included) and layout all happen inside DALI; batches
 reach MXNet through ``nvidia.dali.plugin.mxnet``.
 
 GPU-only lines are confined to ``_placement`` and ``_to_device`` (marked
-GPU-ONLY); they cannot run on the development machines.
+GPU-ONLY) and nvJPEG's options (engine/gpu_settings.py); they cannot run on
+the development machines.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.mxnet import DALIGenericIterator
 
+from ..engine.gpu_settings import decoder_options
 from .recordio import BadRecordSet, RecordReader
 from .sampling import RectEpoch, ShardEpoch, derive_seed, leave_out
 from .spec import RECT_VAL_RESIZE_RATIO, VAL_RESIZE_RATIO, LoaderSpec
@@ -129,6 +131,7 @@ def build_pipeline(spec: LoaderSpec, feed: _EpochFeed, context, seed: int):
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.pipeline_threads,
                   device_id=device_id, seed=seed, prefetch_queue_depth=PREFETCH_DEPTH)
     def pipeline():
+        decode_options = decoder_options(decode_device)   # GPU-ONLY extras for nvJPEG; none on CPU
         dtypes = [types.UINT8, types.FLOAT] + [types.FLOAT] * (4 if rect else 0)
         inputs = fn.external_source(source=feed, num_outputs=len(dtypes), batch=True, dtype=dtypes,
                                     no_copy=False)
@@ -137,13 +140,13 @@ def build_pipeline(spec: LoaderSpec, feed: _EpochFeed, context, seed: int):
                          mean=list(aug.mean), std=list(aug.std))
         if spec.train and aug.recipe == "imagenet":
             images = fn.decoders.image_random_crop(
-                encoded, device=decode_device, output_type=types.RGB,
+                encoded, device=decode_device, output_type=types.RGB, **decode_options,
                 random_area=[aug.min_scale, 1.0], random_aspect_ratio=list(aug.aspect_range),
                 num_attempts=100)
             images = fn.resize(images, resize_x=size, resize_y=size)
             images = fn.crop_mirror_normalize(images, mirror=fn.random.coin_flip(), **normalize)
         elif spec.train:   # cifar
-            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, **decode_options)
             if aug.pad:
                 images = _reflect_pad(images, aug.pad, size)
             images = fn.crop_mirror_normalize(
@@ -157,15 +160,15 @@ def build_pipeline(spec: LoaderSpec, feed: _EpochFeed, context, seed: int):
                 images = fn.erase(images, anchor=anchor, shape=[float(aug.cutout)] * 2,
                                   axis_names="HW", fill_value=0.0)
         elif aug.recipe == "cifar":
-            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, **decode_options)
             images = fn.crop_mirror_normalize(images, crop=(size, size), **normalize)
         elif rect:
             resize_x, resize_y, crop_h, crop_w = inputs[2:]
-            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, **decode_options)
             images = fn.resize(images, resize_x=resize_x, resize_y=resize_y, mode="not_smaller")
             images = fn.crop_mirror_normalize(images, crop_h=crop_h, crop_w=crop_w, **normalize)
         else:
-            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, **decode_options)
             images = _resize_shorter_center_crop(images, round(size / VAL_RESIZE_RATIO), size)
             images = fn.crop_mirror_normalize(images, **normalize)
         return _to_device(images, context, decode_device), _to_device(labels, context, decode_device)

@@ -1,0 +1,57 @@
+"""GPU-ONLY performance settings, in one place (docs/PERFORMANCE.md, path 5).
+
+They cannot be measured on the development machines (no GPU); each is a
+plain value chosen by a rule that is unit-tested on CPU. Environment
+variables the user has set always win: we only fill the ones left unset.
+
+- ``MXNET_UPDATE_ON_KVSTORE=0``: gradients are reduced by the kvstore and
+  the update runs on every GPU (the trainer also passes
+  ``update_on_kvstore=False``); the float16 overflow check sits between the
+  two.
+- ``MXNET_OPTIMIZER_AGGREGATION_SIZE=54``: SGD updates up to 54 weight
+  arrays per kernel launch (``multi_sgd_mom_update``, MXNet's default 4):
+  ResNet50 has 161 weight arrays, so about 3 launches per step instead of 41.
+- ``MXNET_CUDNN_AUTOTUNE_DEFAULT``: 1 (cuDNN tries every convolution
+  algorithm once per input shape and keeps the fastest) unless the run feeds
+  many shapes: rectangular validation (every batch its own shape) would
+  autotune on every batch, so it is 0 there.
+- DALI ``mixed`` decoding: nvJPEG's device and host buffers are allocated up
+  front (the padding below is NVIDIA's value for ImageNet-sized JPEGs), so
+  the first epochs do not reallocate while they find the largest image;
+  ``hw_decoder_load`` sends that share of the images to the A100/H100
+  hardware JPEG decoder where there is one (ignored elsewhere).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, MutableMapping
+
+# bytes; nvJPEG's scratch buffers, preallocated (NVIDIA's ResNet50 example values)
+NVJPEG_DEVICE_MEMORY_PADDING = 211025920
+NVJPEG_HOST_MEMORY_PADDING = 140544512
+HW_DECODER_LOAD = 0.65           # share of images for the hardware JPEG decoder (A100 and later)
+OPTIMIZER_AGGREGATION_SIZE = 54  # weight arrays per multi-tensor SGD launch
+
+
+def mxnet_environment(device: str, rect_val: bool) -> Dict[str, str]:
+    """The MXNet environment a GPU run gets (nothing for CPU runs)."""
+    if device != "gpu":
+        return {}
+    return {"MXNET_UPDATE_ON_KVSTORE": "0",
+            "MXNET_OPTIMIZER_AGGREGATION_SIZE": str(OPTIMIZER_AGGREGATION_SIZE),
+            "MXNET_CUDNN_AUTOTUNE_DEFAULT": "0" if rect_val else "1"}
+
+
+def apply_environment(device: str, rect_val: bool, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Fill the unset variables of mxnet_environment (read by MXNet when the
+    optimizer and the first convolutions are created, so after import is in time)."""
+    for name, value in mxnet_environment(device, rect_val).items():
+        environ.setdefault(name, value)
+
+
+def decoder_options(decode_device: str) -> dict:
+    """Extra arguments of DALI's image decoders for ``decode_device``."""
+    if decode_device != "mixed":
+        return {}
+    return {"device_memory_padding": NVJPEG_DEVICE_MEMORY_PADDING,
+            "host_memory_padding": NVJPEG_HOST_MEMORY_PADDING, "hw_decoder_load": HW_DECODER_LOAD}
