@@ -13,7 +13,11 @@ DEMO_TRAIN = --device cpu -n 1 -b 32 --data-root $(DEMO_DIR) --data-backend dali
 	--init-bn0 --no-bn-wd --wd 5e-4 --min-random-area 0.6 \
 	--model-prefix $(RUN_DIR)/model --report $(RUN_DIR)/report.json --dawn-tsv $(RUN_DIR)/dawn.tsv
 
-.PHONY: demo test install clean-demo
+# `make bench`: the CPU tables of docs/PERFORMANCE.md, one Markdown file per
+# path under $(BENCH_DIR) (under 10 minutes on a 2-core machine).
+BENCH_DIR ?= runs/bench
+
+.PHONY: demo test bench install clean-demo
 
 install: $(STAMP)
 
@@ -35,6 +39,15 @@ demo: $(DEMO_DIR)/val.idx
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+bench: $(STAMP)
+	mkdir -p $(BENCH_DIR)
+	$(PY) -m visionbench.bench.overhead --num-layers 18 --image-size 32 -b 32 --num-classes 10 --steps 10 --repeats 7 > $(BENCH_DIR)/1-training-overhead-resnet18.md && cat $(BENCH_DIR)/1-training-overhead-resnet18.md
+	$(PY) -m visionbench.bench.overhead --steps 6 --repeats 5 > $(BENCH_DIR)/1-training-overhead-resnet50.md && cat $(BENCH_DIR)/1-training-overhead-resnet50.md
+	$(PY) -m visionbench.bench.input_compare --images 1024 --steps 10 --warmup 3 --repeats 5 > $(BENCH_DIR)/2-input-pipelines.md && cat $(BENCH_DIR)/2-input-pipelines.md
+	$(PY) -m visionbench.bench.end_to_end --repeats 3 > $(BENCH_DIR)/2-end-to-end.md && cat $(BENCH_DIR)/2-end-to-end.md
+	$(PY) -m visionbench.bench.inference_compare --batch-sizes 1,8,32 --repeats 3 > $(BENCH_DIR)/3-inference.md && cat $(BENCH_DIR)/3-inference.md
+	$(PY) -m visionbench.bench.prep_workers --images 3000 --repeats 5 > $(BENCH_DIR)/4-data-prep-workers.md && cat $(BENCH_DIR)/4-data-prep-workers.md
 
 clean-demo:
 	rm -rf $(DEMO_DIR) $(RUN_DIR)
