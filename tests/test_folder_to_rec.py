@@ -189,3 +189,17 @@ def test_a_file_changed_after_its_check_is_rejected_not_packed(tmp_path):
     assert _payload(tmp_path, "a.jpg", checked).payload == path.read_bytes()
     path.write_bytes(path.read_bytes() + b"\0")
     assert _payload(tmp_path, "a.jpg", checked).reason == "changed while being packed"
+
+
+def test_several_chunks_over_helpers_and_the_writer_give_the_same_set(tmp_path):
+    # 300 images are 5 chunks: some checked by helpers, some by the writer itself.
+    src = tmp_path / "src"
+    write_jpeg_tree(src, {"a": 150, "b": 150}, size=(16, 20))
+    (src / "b" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    for workers in (1, 2, 3):
+        run_tool("folder_to_rec.py", src, tmp_path / f"w{workers}", "--workers", workers, "--no-progress")
+    for suffix in (".rec", ".idx", ".lst", ".skipped.txt"):
+        first = (tmp_path / f"w1{suffix}").read_bytes()
+        assert first == (tmp_path / f"w2{suffix}").read_bytes() == (tmp_path / f"w3{suffix}").read_bytes(), suffix
+    assert json.loads((tmp_path / "w2.prep.json").read_text())["images_written"] == 300
+    assert "b/broken.jpg" in (tmp_path / "w3.skipped.txt").read_text()

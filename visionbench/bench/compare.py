@@ -31,3 +31,11 @@ def median_table(results: Mapping[str, Sequence[float]], what: str, unit: str = 
         lines.append(f"| {name} | {statistics.median(values):.{digits}f} | "
                      f"{min(values):.{digits}f} - {max(values):.{digits}f} |")
     return "\n".join(lines)
+
+
+def comparison_report(heading: str, results: Mapping[str, Sequence[float]], what: str, numerator: str,
+                      denominator: str, ratio_digits: int = 3) -> str:
+    """What a side-by-side bench prints: its setup, the table, the ratio."""
+    ratio = median_ratio(results, numerator, denominator)
+    return (f"{heading}\n\n{median_table(results, what)}\n\n"
+            f"{numerator} / {denominator} (ratio of medians): **{ratio:.{ratio_digits}f}**")

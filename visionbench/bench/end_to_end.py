@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..cli import ArgumentParser, UsageError, positive_int, run_main
-from .compare import in_rotation, median_ratio, median_table
+from .compare import comparison_report, in_rotation
 from .sweep import RUNNER, run_point
 
 
@@ -74,11 +74,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run
 
         results = in_rotation({kind: point(kind) for kind in kinds}, args.repeats)
-    print(f"ResNet{args.num_layers} v1.5 at {args.image_size} px, batch {args.batch_size}, float32, 1 CPU context; "
-          f"{args.images} JPEGs stored at {args.stored_size}x{args.stored_size * 3 // 4}; {args.iterations} steps x "
-          f"{args.epochs - 1} timed epochs per run, {args.repeats} runs each in rotation\n")
-    print(median_table(results, "data"))
-    print(f"\nreal .rec / synthetic (ratio of medians): **{median_ratio(results, 'dali-cpu (real .rec)', 'synthetic'):.3f}**")
+    heading = (f"ResNet{args.num_layers} v1.5 at {args.image_size} px, batch {args.batch_size}, float32, 1 CPU "
+               f"context; {args.images} JPEGs stored at {args.stored_size}x{args.stored_size * 3 // 4}; "
+               f"{args.iterations} steps x {args.epochs - 1} timed epochs per run, {args.repeats} runs each in rotation")
+    print(comparison_report(heading, results, "data", "dali-cpu (real .rec)", "synthetic"))
     return 0
 
 

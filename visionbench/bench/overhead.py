@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..cli import ArgumentParser, positive_int, run_main
-from .compare import in_rotation, median_ratio, median_table
+from .compare import comparison_report, in_rotation, median_ratio
 
 
 def _config(args):
@@ -125,10 +125,9 @@ def build_parser() -> ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args: argparse.Namespace = build_parser().parse_args(argv)
     results = compare(_config(args), args.steps, args.repeats)
-    print(f"{args.arch}{args.num_layers}, {args.image_size} px, batch {args.batch_size} x {args.num_devices} CPU "
-          f"context(s), float32, {args.steps} steps per run, {args.repeats} runs each\n")
-    print(median_table(results, "loop"))
-    print(f"\nvisionbench / bare (ratio of medians): **{overhead_ratio(results):.3f}**")
+    print(comparison_report(f"{args.arch}{args.num_layers}, {args.image_size} px, batch {args.batch_size} x "
+                            f"{args.num_devices} CPU context(s), float32, {args.steps} steps per run, "
+                            f"{args.repeats} runs each", results, "loop", "visionbench", "bare"))
     return 0
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ..cli import ArgumentParser, RunFailure, positive_int, run_main
-from .compare import in_rotation, median_ratio, median_table
+from .compare import comparison_report, in_rotation
 
 TOOL = Path(__file__).resolve().parents[2] / "data_prep" / "folder_to_rec.py"
 
@@ -77,10 +77,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         source = jpeg_folder(scratch / "jpeg", args.images)
         results = compare(source, scratch, args.repeats)
         megabytes = sum(f.stat().st_size for f in source.rglob("*.jpg")) / 2**20
-    print(f"{args.images} JPEGs of 500x375 px ({megabytes:.1f} MiB), pass-through, page cache warm, "
-          f"{os.cpu_count()} cores, {args.repeats} runs each in rotation\n")
-    print(median_table(results, "folder_to_rec"))
-    print(f"\n2 workers / 1 worker (ratio of medians): **{median_ratio(results, '2 workers', '1 worker'):.2f}**")
+    print(comparison_report(f"{args.images} JPEGs of 500x375 px ({megabytes:.1f} MiB), pass-through, page cache "
+                            f"warm, {os.cpu_count()} cores, {args.repeats} runs each in rotation",
+                            results, "folder_to_rec", "2 workers", "1 worker", ratio_digits=2))
     return 0
 
 
