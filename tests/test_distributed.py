@@ -135,21 +135,48 @@ def test_a_worker_other_than_rank_0_writes_nothing(demo, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_killing_one_worker_ends_the_job_and_leaves_no_process(demo, tmp_path):
-    command = ["bash", str(ROOT / "runner"), *map(str, _args(demo, tmp_path / "m", "-n", "1", "--kv-store",
+def _start_job(demo, prefix):
+    """A 2-worker job in its own process group, 3 s into training: (command, job, worker pids)."""
+    command = ["bash", str(ROOT / "runner"), *map(str, _args(demo, prefix, "-n", "1", "--kv-store",
                                                                "dist_sync", "--local-workers", "2", "-e", "50"))]
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True, env=dict(os.environ, PYTHON=sys.executable))
+    deadline = time.monotonic() + 60
+    workers = []
+    while time.monotonic() < deadline and len(workers) < 2:
+        time.sleep(0.5)
+        workers = [pid for pid in _processes_in_group(job.pid)
+                   if "train.py" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+                   and pid != job.pid] if job.poll() is None else []
+    if len(workers) < 2:
+        os.killpg(job.pid, signal.SIGKILL)
+        pytest.fail("the job did not start two workers")
+    time.sleep(3)   # into training
+    return command, job, workers
+
+
+def test_a_signal_to_the_launcher_stops_the_whole_job_cleanly(demo, tmp_path):
+    from visionbench.engine.checkpoint import complete_positions, load_meta
+
+    command, job, _ = _start_job(demo, tmp_path / "m")
     try:
-        deadline = time.monotonic() + 60
-        workers = []
-        while time.monotonic() < deadline and len(workers) < 2:
-            time.sleep(0.5)
-            workers = [pid for pid in _processes_in_group(job.pid)
-                       if "train.py" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-                       and pid != job.pid] if job.poll() is None else []
-        assert len(workers) == 2, "the job did not start two workers"
-        time.sleep(3)   # into training
+        job.send_signal(signal.SIGUSR1)   # what a batch scheduler sends before a kill
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 143
+    assert one_line_error(subprocess.CompletedProcess(command, 143, "", stderr)).startswith(
+        "train.py: stopped by a signal: every process of the job was sent SIGTERM")
+    time.sleep(1)
+    assert _processes_in_group(job.pid) == []
+    for epoch, iteration in complete_positions(tmp_path / "m"):   # whatever was saved is whole
+        assert load_meta(tmp_path / "m", epoch, iteration)["epoch"] == epoch
+
+
+def test_killing_one_worker_ends_the_job_and_leaves_no_process(demo, tmp_path):
+    command, job, workers = _start_job(demo, tmp_path / "m")
+    try:
         os.kill(workers[1], signal.SIGKILL)
         killed_at = time.monotonic()
         _, stderr = job.communicate(timeout=60)

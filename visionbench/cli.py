@@ -73,7 +73,9 @@ def _raise_terminated(signum, frame):
 def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], prog: str,
              argv: Optional[Sequence[str]] = None) -> int:
     """Run ``main(argv)`` and map failures to exit statuses and one-line messages."""
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # SIGUSR1: what batch schedulers send before a kill; treated as SIGTERM
+    # (the training loop installs its own handlers for both, see engine/run.py).
+    previous = {sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         return main(argv) or 0
     except UsageError as err:
@@ -99,4 +101,5 @@ def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], prog: str
         sys.stderr.write(f"{prog}: terminated; no finished output was written\n")
         return EXIT_SIGTERM
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

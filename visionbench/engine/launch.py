@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Deque, List, Sequence
 
-from ..cli import die_with_parent
+from ..cli import EXIT_SIGTERM, Interrupted, Terminated, die_with_parent
 from ..config import Config
 
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
@@ -138,5 +138,9 @@ def launch(config: Config, argv: Sequence[str]) -> int:
         while time.monotonic() < deadline and any(c.process.poll() is None for c in children):
             time.sleep(POLL_S)
         return 0
+    except Terminated:
+        _stop(children)   # SIGTERM to each: workers finish their step and rank 0 saves its position
+        raise Interrupted("stopped by a signal: every process of the job was sent SIGTERM (workers that "
+                          "finished the same step saved it); run the same command again to resume", EXIT_SIGTERM)
     finally:
         _stop(children)
