@@ -100,9 +100,9 @@ def _check_chunk(root: str, chunk: Sequence[Tuple[str, int]], resize: Optional[i
                  quality: int) -> List[Prepared]:
     """A worker's share: like _prepare_chunk, but a pass-through image's bytes
     are not sent back. The writer reads the file again (page cache: ~0.02 ms
-    for a 45 KiB JPEG), which costs it far less than receiving and unpickling
-    the bytes from another process, and is what lets 2 workers on 2 cores
-    nearly double the rate; the (size, mtime) stamp proves the file unchanged."""
+    for a 45 KiB JPEG), which costs it less than receiving and unpickling the
+    bytes from another process (docs/PERFORMANCE.md, path 4); the (size,
+    mtime) stamp proves the file unchanged."""
     return [replace(p, payload=None) if p.unchanged else p for p in _prepare_chunk(root, chunk, resize, quality)]
 
 
