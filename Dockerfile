@@ -1,6 +1,11 @@
-# GPU image: CUDA 11.8 runtime + cuDNN 8 (what mxnet-cu112 1.9.1 links against),
-# Ubuntu 22.04's Python 3.10, and the suite installed with its `gpu` extra.
+# GPU image: CUDA 11.8 runtime + cuDNN 8 + NCCL 2 (what mxnet-cu112 1.9.1 links
+# against), Ubuntu 22.04's Python 3.10, and the suite installed with its `gpu` extra.
+# GPUs: mxnet-cu112 1.9.1 carries GPU code for sm_50/60/70/80/86 and no PTX, so
+# it runs on compute capability 5.0 to 8.9 (Maxwell, Pascal, Volta, Turing,
+# Ampere, Ada: V100, T4, A100, A10, L4, L40) and not on Hopper (H100, H200) or
+# newer; a run there stops at start naming the GPU.
 #   docker build -t visionbench .
+#   docker run --gpus all --ipc=host visionbench ./runner --self-test -n 8
 #   docker run --gpus all --ipc=host -v /data/imagenet:/data visionbench \
 #       ./runner -n 8 -b 208 --dtype float16 --data-root /data
 FROM nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04

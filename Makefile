@@ -17,7 +17,7 @@ DEMO_TRAIN = --device cpu -n 1 -b 32 --data-root $(DEMO_DIR) --data-backend dali
 # path under $(BENCH_DIR) (under 10 minutes on a 2-core machine).
 BENCH_DIR ?= runs/bench
 
-.PHONY: demo test bench install clean-demo
+.PHONY: demo test test-gpu bench install clean-demo
 
 install: $(STAMP)
 
@@ -39,6 +39,20 @@ demo: $(DEMO_DIR)/val.idx
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# On a GPU machine: the `gpu` extra (mxnet-cu112) in its own .venv-gpu, and
+# the tests marked `gpu` (./runner --self-test's GPU checks among them).
+GPU_VENV ?= .venv-gpu
+GPU_STAMP := $(GPU_VENV)/.installed
+
+$(GPU_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install --quiet -e ".[gpu,test]"
+	touch $(GPU_STAMP)
+
+test-gpu: $(GPU_STAMP)
+	$(GPU_VENV)/bin/python -m pytest -m gpu
 
 bench: $(STAMP)
 	mkdir -p $(BENCH_DIR)

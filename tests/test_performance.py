@@ -52,7 +52,8 @@ def test_inference_on_cpu_runs_the_fused_graph_with_the_same_outputs(tmp_path):
 
 
 def test_gpu_settings_fill_only_unset_variables_and_only_for_gpu_runs():
-    from visionbench.engine.gpu_settings import apply_environment, decoder_options, mxnet_environment
+    from visionbench.data.gpu_decoding import decoder_options
+    from visionbench.engine.gpu_settings import apply_environment, mxnet_environment
 
     assert mxnet_environment("cpu", rect_val=False) == {} and decoder_options("cpu") == {}
     env = {"MXNET_OPTIMIZER_AGGREGATION_SIZE": "8"}   # the user's choice wins
@@ -70,7 +71,7 @@ def test_nvjpeg_options_are_arguments_dali_knows():
     import cv2
     from nvidia.dali import fn, pipeline_def, types
 
-    from visionbench.engine.gpu_settings import decoder_options
+    from visionbench.data.gpu_decoding import decoder_options
 
     jpeg = cv2.imencode(".jpg", np.full((24, 32, 3), 90, np.uint8))[1]
 

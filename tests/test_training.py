@@ -184,13 +184,15 @@ def test_resume_refuses_another_model_and_fresh_runs_keep_existing_files(tiny_de
 def test_two_cpu_contexts_through_the_runner_learn(tmp_path):
     # -n 2: split over two CPU contexts, gradients reduced by the kvstore
     result = run_runner("--device", "cpu", "-n", "2", "--data-backend", "synthetic", "--num-examples", "64", "-b", "8",
-                    "--image-size", "16", "--num-layers", "18", "--num-classes", "4", "-e", "3", "--mode", "train",
+                    "--image-size", "16", "--num-layers", "18", "--num-classes", "4", "-e", "5", "--mode", "train",
                     "--lr", "0.8", "--warmup-epochs", "0", "--model-prefix", tmp_path / "m", "--report", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["environment"]["device_count"] == 2
     losses = [e["train_loss"] for e in report["epochs"]]
-    assert losses[-1] < 0.5 * losses[0]   # the same 4 batches every epoch: memorised
+    # The same 4 batches every epoch: memorised. (After 3 epochs the loss
+    # was 0.55 of the first on an AMD EPYC, 0.18 after 5.)
+    assert losses[-1] < 0.3 * losses[0]
 
 
 @pytest.mark.parametrize("args, words", [

@@ -31,6 +31,9 @@ def option(default, *flags: str, help: str, choices: Optional[Sequence] = None, 
 @dataclass(frozen=True)
 class Config:
     # --- what to run
+    self_test: bool = option(False, "--self-test",
+                             help="check this machine's readiness (versions, GPUs, a few training steps, the "
+                                  "input pipelines, an allreduce over -n devices) and exit: 0 when all passed")
     mode: str = option("train_val", "--mode", choices=MODES,
                        help="train_val, train, val, io (only the input pipeline, to measure it), or inference "
                             "(forward passes only, to measure img/s and latency per batch)")
@@ -58,7 +61,8 @@ class Config:
                                     help="smallest random crop, fraction of the image area (imagenet)")
     rect_val: bool = option(False, "--rect-val", help="rectangular validation batches (imagenet18)")
     dali_threads: Optional[int] = option(None, "--dali-threads", metavar="T",
-                                         help="decoding threads per device pipeline (default: cores / devices)")
+                                         help="decoding threads per device pipeline (default: cores / devices; for "
+                                              "dali-gpu at most 6, NVIDIA's value: nvJPEG preallocates memory per thread)")
     bad_records: str = option("fail", "--bad-records", choices=("fail", "skip"),
                               help="a record that does not decode: fail (stop, naming the record and file) or "
                                    "skip (leave it out, warn, count it in the report; DALI backends)")

@@ -21,6 +21,9 @@ def resolve_devices(config: Config) -> Config:
         raise UsageError("--device gpu: MXNet sees no GPU (CPU build of mxnet, or no CUDA driver); "
                          "on this machine use --device cpu (float32)")
     device = config.device or ("gpu" if gpus > 0 else "cpu")
+    if device == "gpu":
+        from .engine.gpus import refuse_unsupported_gpus
+        refuse_unsupported_gpus()   # GPU-ONLY: Hopper and newer under mxnet-cu112
     backend = config.data_backend or ("dali-gpu" if device == "gpu" else "dali-cpu")
     if device == "cpu" and backend == "dali-gpu":
         raise UsageError("--data-backend dali-gpu decodes on GPUs; with --device cpu use dali-cpu")
@@ -55,9 +58,13 @@ def run_io(config: Config) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     config = resolve_devices(resolve(argv))
+    if config.self_test:
+        from .selftest import run_self_test
+        return run_self_test(config)
     check_data_root(config)
     from .engine.gpu_settings import apply_environment
-    apply_environment(config.device, config.rect_val)
+    from .engine.plan import uses_rect_val
+    apply_environment(config.device, uses_rect_val(config))
     distributed = config.kv_store in DIST_KV_STORES
     if config.print_schedule:
         from .engine.run import print_schedule

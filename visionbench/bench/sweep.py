@@ -129,6 +129,9 @@ def resolve_device(args) -> str:
                          "machine's CPU with --device cpu (float32 only)")
     if device == "gpu" and max(args.ngpus) > gpus:
         raise UsageError(f"-n {max(args.ngpus)} asks for more GPUs than MXNet sees ({gpus})")
+    if device == "gpu":
+        from ..engine.gpus import refuse_unsupported_gpus
+        refuse_unsupported_gpus()   # GPU-ONLY: once for the sweep, not once per point
     return device
 
 

@@ -8,7 +8,7 @@ output dtype (float16 included) and layout all happen inside DALI; batches
 reach MXNet through ``nvidia.dali.plugin.mxnet``.
 
 GPU-only lines are confined to ``_placement`` and ``_to_device`` (marked
-GPU-ONLY) and nvJPEG's options (engine/gpu_settings.py); they cannot run on
+GPU-ONLY) and nvJPEG's options (gpu_decoding.py); they cannot run on
 the development machines.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.mxnet import DALIGenericIterator
 
-from ..engine.gpu_settings import decoder_options
+from .gpu_decoding import decoder_options
 from .recordio import BadRecordSet, RecordReader
 from .sampling import RectEpoch, ShardEpoch, derive_seed, leave_out
 from .spec import RECT_VAL_RESIZE_RATIO, VAL_RESIZE_RATIO, LoaderSpec
@@ -106,13 +106,18 @@ def _reflect_pad(images, pad: int, side: int):
     return fn.cat(top, rows, bottom, axis=0)
 
 
-def _resize_shorter_center_crop(images, shorter: int, size: int):
+def _resize_shorter_center_crop(images, encoded, shorter: int, size: int):
     """Resize HWC images so the shorter side is ``shorter`` (the longer one
     ``shorter * long // short``, rounded down) and cut the ``size`` square at
     offset ``(side - size) // 2``: the integer geometry of ImageRecordIter's
     ``resize`` + center crop, so the dali and mxnet backends see the same
-    pixels (up to the resampling filter)."""
-    shape = fn.shapes(images, dtype=types.INT32)
+    pixels (up to the resampling filter).
+
+    The geometry is computed from the ``encoded`` images' headers
+    (``peek_image_shape``, a CPU operator): DALI takes named-argument inputs
+    from CPU nodes only, and with ``mixed`` decoding the decoded images (and
+    ``fn.shapes`` of them) live on the GPU."""
+    shape = fn.peek_image_shape(encoded, dtype=types.INT32)   # (height, width, channels) from the header
     height, width = shape[0], shape[1]
     portrait = height > width
     new_h = portrait * (shorter * height // width) + (1 - portrait) * shorter
@@ -149,16 +154,22 @@ def build_pipeline(spec: LoaderSpec, feed: _EpochFeed, context, seed: int):
             images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, **decode_options)
             if aug.pad:
                 images = _reflect_pad(images, aug.pad, size)
+            # Cutout erases after normalisation, in float32: DALI 1.34's GPU
+            # erase has no float16 kernel (dali_contract.GPU_INPUT_DTYPES);
+            # the cast to float16 comes last.
+            erase_dtype = "float32" if aug.cutout else spec.dtype
             images = fn.crop_mirror_normalize(
                 images, crop=(size, size), crop_pos_x=fn.random.uniform(range=(0.0, 1.0)),
                 crop_pos_y=fn.random.uniform(range=(0.0, 1.0)), mirror=fn.random.coin_flip(),
-                **normalize)
+                **dict(normalize, dtype=_DALI_DTYPES[erase_dtype]))
             if aug.cutout:
                 # Cutout: one square per image, inside the image, set to the
                 # mean (0 after normalisation).
                 anchor = fn.random.uniform(values=[float(v) for v in range(size - aug.cutout + 1)], shape=[2])
                 images = fn.erase(images, anchor=anchor, shape=[float(aug.cutout)] * 2,
                                   axis_names="HW", fill_value=0.0)
+            if erase_dtype != spec.dtype:
+                images = fn.cast(images, dtype=_DALI_DTYPES[spec.dtype])
         elif aug.recipe == "cifar":
             images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, **decode_options)
             images = fn.crop_mirror_normalize(images, crop=(size, size), **normalize)
@@ -169,7 +180,7 @@ def build_pipeline(spec: LoaderSpec, feed: _EpochFeed, context, seed: int):
             images = fn.crop_mirror_normalize(images, crop_h=crop_h, crop_w=crop_w, **normalize)
         else:
             images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, **decode_options)
-            images = _resize_shorter_center_crop(images, round(size / VAL_RESIZE_RATIO), size)
+            images = _resize_shorter_center_crop(images, encoded, round(size / VAL_RESIZE_RATIO), size)
             images = fn.crop_mirror_normalize(images, **normalize)
         return _to_device(images, context, decode_device), _to_device(labels, context, decode_device)
 

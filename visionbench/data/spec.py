@@ -1,7 +1,6 @@
 """What a loader is asked for: small typed values, never the CLI namespace."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -41,11 +40,6 @@ class Augment:
         return CIFAR_STD if self.recipe == "cifar" else IMAGENET_STD
 
 
-def default_threads(devices_per_worker: int) -> int:
-    """Decoding threads per device pipeline: the cores shared out, at least 1."""
-    return max(1, (os.cpu_count() or 1) // max(1, devices_per_worker))
-
-
 @dataclass(frozen=True)
 class LoaderSpec:
     """One loader: a split of a RecordIO set for this worker's devices."""
@@ -61,7 +55,7 @@ class LoaderSpec:
     num_workers: int = 1
     augment: Augment = field(default_factory=Augment)
     seed: int = 0
-    threads: Optional[int] = None     # per device pipeline; None = cores / devices
+    threads: Optional[int] = None     # per device pipeline; None: gpu_decoding.default_threads
     num_classes: int = 1000           # labels of synthetic data
     synthetic_images: int = 1281167   # images per epoch of synthetic data (ImageNet's train set)
     bad_records: str = "fail"         # a record that does not decode: "fail" (stop, naming it) or "skip"
@@ -75,4 +69,6 @@ class LoaderSpec:
 
     @property
     def pipeline_threads(self) -> int:
-        return self.threads or default_threads(len(self.devices))
+        from .gpu_decoding import default_threads
+
+        return self.threads or default_threads(len(self.devices), self.backend)

@@ -115,10 +115,14 @@ def load_meta(prefix: Path, epoch: int, iteration: int = 0) -> dict:
         raise UsageError(f"checkpoint {path} is unreadable ({err})")
 
 
-def load_weights(net, prefix: Path, epoch: int, devices, iteration: int = 0) -> None:
+def load_weights(net, prefix: Path, epoch: int, devices, iteration: int = 0, cast: bool = False) -> None:
+    """``cast``: convert each saved array to the dtype of the model's parameter
+    (scoring a float16 checkpoint with a float32 model, or the reverse);
+    BatchNorm parameters are float32 in both. A resume loads exactly."""
     path = checkpoint_paths(prefix, epoch, iteration)["params"]
     try:
-        net.collect_params().load(str(path), ctx=devices, allow_missing=False, ignore_extra=False)
+        net.collect_params().load(str(path), ctx=devices, allow_missing=False, ignore_extra=False,
+                                  cast_dtype=cast, dtype_source="current")
     except Exception as err:  # noqa: BLE001 - MXNet raises AssertionError/MXNetError/ValueError
         raise UsageError(f"checkpoint {path} does not fit this model ({_last_line(err)})")
 

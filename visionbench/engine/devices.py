@@ -22,3 +22,21 @@ def make_contexts(device: str, count: int, first: int = 0) -> List:
                          f"{f', worker {first // count} of this machine' if first else ''}); "
                          f"only {available} are visible")
     return [mx.gpu(i) for i in range(first, first + count)]
+
+
+def cpu_model() -> str:
+    """The CPU's model name and core count (figures depend on it: name it
+    next to every figure)."""
+    import os
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} cores)"

@@ -14,22 +14,15 @@ variables the user has set always win: we only fill the ones left unset.
 - ``MXNET_CUDNN_AUTOTUNE_DEFAULT``: 1 (cuDNN tries every convolution
   algorithm once per input shape and keeps the fastest) unless the run feeds
   many shapes: rectangular validation (every batch its own shape) would
-  autotune on every batch, so it is 0 there.
-- DALI ``mixed`` decoding: nvJPEG's device and host buffers are allocated up
-  front (the padding below is NVIDIA's value for ImageNet-sized JPEGs), so
-  the first epochs do not reallocate while they find the largest image;
-  ``hw_decoder_load`` sends that share of the images to the A100/H100
-  hardware JPEG decoder where there is one (ignored elsewhere).
+  autotune on every batch, so it is 0 when any epoch of the resolved plan
+  (--rect-val, or a phase) validates rectangularly.
+- DALI's nvJPEG settings live with the pipelines, in data/gpu_decoding.py.
 """
 from __future__ import annotations
 
 import os
 from typing import Dict, MutableMapping
 
-# bytes; nvJPEG's scratch buffers, preallocated (NVIDIA's ResNet50 example values)
-NVJPEG_DEVICE_MEMORY_PADDING = 211025920
-NVJPEG_HOST_MEMORY_PADDING = 140544512
-HW_DECODER_LOAD = 0.65           # share of images for the hardware JPEG decoder (A100 and later)
 OPTIMIZER_AGGREGATION_SIZE = 54  # weight arrays per multi-tensor SGD launch
 
 
@@ -48,10 +41,3 @@ def apply_environment(device: str, rect_val: bool, environ: MutableMapping[str, 
     for name, value in mxnet_environment(device, rect_val).items():
         environ.setdefault(name, value)
 
-
-def decoder_options(decode_device: str) -> dict:
-    """Extra arguments of DALI's image decoders for ``decode_device``."""
-    if decode_device != "mixed":
-        return {}
-    return {"device_memory_padding": NVJPEG_DEVICE_MEMORY_PADDING,
-            "host_memory_padding": NVJPEG_HOST_MEMORY_PADDING, "hw_decoder_load": HW_DECODER_LOAD}

@@ -63,6 +63,13 @@ def make_plan(config: Config, devices_total: int, steps_of: Callable[[DataSettin
     return TrainingPlan(config.num_epochs, schedule, None, defaults, steps_of)
 
 
+def uses_rect_val(config: Config) -> bool:
+    """Whether any epoch of the run validates with rectangular batches
+    (--rect-val, or a phase turning it on), read from the resolved plan."""
+    plan = make_plan(config, 1, steps_of=None)   # settings only: no steps counted
+    return any(plan.settings(epoch).rect_val for epoch in range(plan.epochs))
+
+
 def format_rows(plan: TrainingPlan) -> Iterator[str]:
     yield "epoch,iteration,lr,momentum,image_size,batch_size"
     for epoch, iteration, lr, momentum, size, batch in plan.rows():

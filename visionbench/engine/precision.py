@@ -2,8 +2,9 @@
 float32 master weights, float32 BatchNorm, loss scaling."""
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..cli import UsageError
 
@@ -36,6 +37,35 @@ def resolve_precision(dtype: str, device: str, loss_scale: Optional[str]) -> Pre
     if value <= 0:
         raise UsageError(f"--loss-scale must be positive, got {text}")
     return Precision("float16", True, value, False)
+
+
+# multi_all_finite reads at most this many arrays per call and does not check
+# the count (MXNet 1.9.1: a longer list crashes the process); MXNet's own AMP
+# loss scaler calls it in chunks of 200 too.
+MAX_ARRAYS_PER_FINITE_CHECK = 200
+
+
+def all_finite(arrays: Sequence):
+    """A 1-element float32 NDArray on the first array's device: 1 when every
+    element of every array is finite, else 0. Nothing is read back to the host.
+
+    multi_all_finite reads every input with the first input's dtype, so the
+    arrays are grouped by dtype (a float16-cast model has float16 weights and
+    float32 BatchNorm parameters); each group goes in chunks of at most
+    MAX_ARRAYS_PER_FINITE_CHECK, every call folding into the same flag."""
+    import mxnet as mx
+
+    if not arrays:
+        raise ValueError("all_finite needs at least one array")
+    by_dtype = defaultdict(list)
+    for array in arrays:
+        by_dtype[array.dtype].append(array)
+    flag = mx.nd.ones((1,), ctx=arrays[0].context)
+    for group in by_dtype.values():
+        for start in range(0, len(group), MAX_ARRAYS_PER_FINITE_CHECK):
+            chunk = group[start:start + MAX_ARRAYS_PER_FINITE_CHECK]
+            mx.nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=False, out=flag)
+    return flag
 
 
 class LossScaler:

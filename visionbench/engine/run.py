@@ -175,6 +175,10 @@ def _train(config: Config, devices, group, stop: StopRequest) -> int:
         if meta.get("model") != model_name(config) or meta.get("classes") != config.num_classes:
             raise UsageError(f"checkpoint {name} holds {meta.get('model')} with "
                              f"{meta.get('classes')} classes, not {model_name(config)} with {config.num_classes}")
+        if meta.get("dtype", config.dtype) != config.dtype:
+            # float16 and float32 runs keep different optimizer states (master weights)
+            raise UsageError(f"checkpoint {name} was trained in {meta['dtype']}: resume it with --dtype "
+                             f"{meta['dtype']}, or score it with --mode val")
         load_weights(net, prefix, start_epoch, devices, start_iteration)
         load_states(trainer, prefix, start_epoch, start_iteration)
         scaler.restore(meta["loss_scaler"])
@@ -307,7 +311,7 @@ def score(config: Config, devices) -> int:
     net = build_net(config, devices, precision)
     from .plan import base_data_settings
     settings = base_data_settings(config)
-    load_weights(net, prefix, epoch, devices)
+    load_weights(net, prefix, epoch, devices, cast=True)   # a float16 GPU checkpoint scores on a CPU too
     loader = _loader(config, "val", settings, devices, 0, 1, {})
     scores = evaluate(net, loader)
     print(f"{prefix}-{epoch:04d}: val top-1 {scores['val_top1']:.4f} top-5 {scores['val_top5']:.4f} "

@@ -11,7 +11,7 @@ from typing import Dict
 from ..config import Config, model_name
 from ..phases import DataSettings
 from .plan import TrainingPlan, data_folder
-from .precision import LossScaler, Precision
+from .precision import LossScaler, Precision, all_finite
 
 
 @dataclass
@@ -87,11 +87,29 @@ def _loader(config: Config, split: str, settings: DataSettings, devices, rank: i
 
 def _float32(out):
     """Logits in float32 for the loss. NDArray.astype copies outside autograd
-    (no gradient flows back): use the Cast operator, and only when needed."""
+    (no gradient flows back): use the Cast operator, and only when needed.
+    A Symbol (the float16 contract checks type-check this very graph) is
+    always cast: its dtype is known only after inference."""
     import numpy as np
     import mxnet as mx
 
+    if isinstance(out, mx.sym.Symbol):
+        return mx.sym.cast(out, dtype="float32")
     return out if out.dtype == np.float32 else mx.nd.cast(out, dtype="float32")
+
+
+def make_loss(label_smoothing: float):
+    """Softmax cross-entropy; with label smoothing the targets are dense rows."""
+    from mxnet import gluon
+
+    return gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=label_smoothing == 0)
+
+
+def device_loss(net, loss_fn, data, targets):
+    """Per-sample losses of one device's batch, float32 whatever the model's
+    dtype: what every training step differentiates (NDArrays), and what the
+    float16 contract checks infer types through (Symbols)."""
+    return loss_fn(_float32(net(data)), targets)
 
 
 def _pad_mask(size: int, pad: int, context):
@@ -149,11 +167,11 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
     Non-finite losses are caught one step late (the flag of step i is read
     while step i + 1 runs), so the host does not wait for every step."""
     import mxnet as mx
-    from mxnet import autograd, gluon
+    from mxnet import autograd
 
     config, net, trainer, scaler = run.config, run.net, run.trainer, run.scaler
     start = start or EpochProgress()
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=config.label_smoothing == 0)
+    loss_fn = make_loss(config.label_smoothing)
     global_batch = loader.spec.batch_size * len(run.devices) * run.num_workers
     # Gradients arrive summed over every device of every worker; Horovod's
     # DistributedTrainer already divides by the number of processes.
@@ -170,6 +188,9 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
         bar = tqdm(total=steps, initial=start.iteration, desc=f"epoch {epoch}", unit="step", file=sys.stderr,
                    disable=None, leave=False)
     pending = None   # (loss sums per device, iteration) of the previous step
+    # After allreduce every device holds the same reduced gradients: the
+    # overflow check reads the first device's (the same arrays every step).
+    first_device_grads = [p.list_grad()[0] for p in net.collect_params().values() if p.grad_req != "null"]
     iteration = start.iteration
     started = time.perf_counter()
     for iteration, step in zip(range(start.iteration, steps), loader.epoch(epoch, start.iteration)):
@@ -179,8 +200,7 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
         with autograd.record():
             losses = []
             for data, label, pad in step:
-                out = _float32(net(data))
-                loss = loss_fn(out, _targets(label, config.num_classes, config.label_smoothing))
+                loss = device_loss(net, loss_fn, data, _targets(label, config.num_classes, config.label_smoothing))
                 if pad:
                     loss = loss * _pad_mask(data.shape[0], pad, data.context)
                 losses.append(loss)
@@ -194,8 +214,7 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
         trainer.allreduce_grads()
         finite = True
         if scaler.dynamic:
-            grads = [p.list_grad()[0] for p in net.collect_params().values() if p.grad_req != "null"]
-            finite = bool(mx.nd.multi_all_finite(*grads, num_arrays=len(grads)).asscalar())
+            finite = bool(all_finite(first_device_grads).asscalar())   # the step's one host read
         if scaler.update(finite):
             trainer.update(update_batch * scaler.scale)
         for total, step_sum in zip(loss_sums, step_sums):
