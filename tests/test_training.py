@@ -20,7 +20,7 @@ from visionbench.engine.plan import make_plan
 from visionbench.engine.precision import LossScaler, Precision, resolve_precision
 from visionbench.engine.trainer import Run, build_trainer, train_epoch
 from visionbench.report.schema import validate_report
-from visionbench.cli import UsageError
+from visionbench.cli import RunFailure, UsageError
 
 
 class FixedLoader:
@@ -74,6 +74,47 @@ def test_two_cpu_contexts_take_the_same_steps_as_one():
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     for name in weights[0]:
         np.testing.assert_allclose(weights[0][name], weights[1][name], rtol=1e-5, atol=1e-6)
+
+
+def _fixed_run(devices, scaler, precision, batches):
+    config = Config(data_backend="synthetic", device="cpu", lr=0.5, warmup_epochs=0, num_epochs=2,
+                    batch_size=8 // len(devices))
+    net = _tiny_net(devices)
+    trainer = build_trainer(config, net, precision)
+    run = Run(config, devices, precision, net, trainer, make_plan(config, len(devices), lambda s: len(batches)),
+              scaler)
+    result = train_epoch(run, 0, FixedLoader(batches, devices), progress=False)
+    return result, {k.split("_", 1)[1]: v.data(devices[0]).asnumpy() for k, v in net.collect_params().items()}
+
+
+def test_dynamic_loss_scaling_in_the_training_loop():
+    # float16's loss scaling on the real loop, in float32 (the CPU has no
+    # float16 convolution): the scale cancels exactly on clean steps, and a
+    # step whose gradients overflow is skipped and halves the scale.
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((8, 3, 6, 6)).astype(np.float32), rng.integers(0, 5, 8).astype(np.float32))
+               for _ in range(4)]
+    devices = [mx.cpu(0), mx.cpu(1)]
+    plain = resolve_precision("float32", "cpu", None)
+    _, unscaled = _fixed_run(devices, LossScaler(1.0, False), plain, batches)
+    scaled_precision = Precision("float32", False, 1024.0, True)
+    scaler = LossScaler(1024.0, dynamic=True)
+    result, scaled = _fixed_run(devices, scaler, scaled_precision, batches)
+    assert result["skipped_steps"] == 0 and scaler.scale == 1024.0
+    for name in unscaled:
+        np.testing.assert_allclose(scaled[name], unscaled[name], rtol=1e-5, atol=1e-6)
+    # An inf in one device's part of the second batch: that step is skipped.
+    poisoned = [batches[0], (batches[1][0].copy(), batches[1][1])] + batches[2:]
+    poisoned[1][0][5, 0, 0, 0] = np.inf
+    scaler = LossScaler(1024.0, dynamic=True)
+    with pytest.raises(RunFailure, match="not finite"):   # unscaled float32 stops; the scaler skips instead
+        _fixed_run(devices, LossScaler(1.0, False), plain, poisoned)
+    result, _ = _fixed_run(devices, scaler, scaled_precision, poisoned)
+    assert result["skipped_steps"] == 1 and scaler.scale == 512.0
+    _, without = _fixed_run(devices, LossScaler(1.0, False), plain, [batches[0]] + batches[2:])
+    _, skipped = _fixed_run(devices, LossScaler(1024.0, True), scaled_precision, poisoned)
+    for name in without:
+        np.testing.assert_allclose(skipped[name], without[name], rtol=1e-5, atol=1e-6)
 
 
 def test_loss_scaler():

@@ -189,8 +189,9 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
                    disable=None, leave=False)
     pending = None   # (loss sums per device, iteration) of the previous step
     # After allreduce every device holds the same reduced gradients: the
-    # overflow check reads the first device's (the same arrays every step).
-    first_device_grads = [p.list_grad()[0] for p in net.collect_params().values() if p.grad_req != "null"]
+    # overflow check reads the first device's (the same arrays every step,
+    # listed after the first backward: a model may initialise deferred).
+    first_device_grads = None
     iteration = start.iteration
     started = time.perf_counter()
     for iteration, step in zip(range(start.iteration, steps), loader.epoch(epoch, start.iteration)):
@@ -214,6 +215,9 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
         trainer.allreduce_grads()
         finite = True
         if scaler.dynamic:
+            if first_device_grads is None:
+                first_device_grads = [p.list_grad()[0] for p in net.collect_params().values()
+                                      if p.grad_req != "null"]
             finite = bool(all_finite(first_device_grads).asscalar())   # the step's one host read
         if scaler.update(finite):
             trainer.update(update_batch * scaler.scale)
