@@ -88,3 +88,14 @@ def make_small_demo(folder: Path, train_per_class: int, val_per_class: int = 4) 
     run_tool("make_demo_data.py", folder, "--train-per-class", train_per_class, "--val-per-class",
              val_per_class, "--size", "32", "--no-progress")
     return folder
+
+
+def validate_with_the_schema_file_alone(report: dict, name: str) -> None:
+    """What any user's validator does: the schema file, plain jsonschema, no
+    registry (a schema that refers to another file fails here)."""
+    import json
+
+    import jsonschema
+
+    schema = json.loads((ROOT / "report_schema" / f"{name}.schema.json").read_text())
+    jsonschema.validate(report, schema)

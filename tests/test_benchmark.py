@@ -11,7 +11,7 @@ import sys
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import ROOT, one_line_error
+from conftest import ROOT, one_line_error, validate_with_the_schema_file_alone
 from visionbench.bench.timing import find_result, latency_summary, result_line
 from visionbench.report.benchmark_report import add_ratios
 from visionbench.report.schema import validate_report
@@ -27,6 +27,7 @@ def benchmark(cwd, *args, timeout=300):
 def load(path):
     report = json.loads(path.read_text())
     validate_report(report, "benchmark_report")
+    validate_with_the_schema_file_alone(report, "benchmark_report")
     return report
 
 

@@ -1,7 +1,14 @@
-"""Validate report records against the JSON Schemas in report_schema/.
+"""Validate reports against the JSON Schemas in report_schema/.
 
-Schemas refer to each other by ``$id`` (the train and benchmark reports share
-environment.schema.json), resolved from one registry of every file there."""
+Each schema file stands alone (what they share, the environment record, is
+repeated in each one's ``$defs``), so any JSON Schema validator checks a
+report with nothing but that file:
+
+    jsonschema.validate(report, json.load(open("report_schema/train_report.schema.json")))
+
+``python -m visionbench.report validate FILE...`` checks reports of any
+kind (read from the file's ``kind``), one line per file.
+"""
 from __future__ import annotations
 
 import json
@@ -9,11 +16,12 @@ from functools import lru_cache
 from pathlib import Path
 
 import jsonschema
-from referencing import Registry, Resource
 
 # report_schema/ sits at the top of the source tree (a promise to users), so
 # the package is installed in editable mode (Makefile, Dockerfile).
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "report_schema"
+# a report's "kind" -> its schema
+SCHEMA_OF_KIND = {"train": "train_report", "benchmark": "benchmark_report", "data_prep": "data_prep_report"}
 
 
 @lru_cache(maxsize=None)
@@ -24,12 +32,6 @@ def load_schema(name: str) -> dict:
     return schema
 
 
-@lru_cache(maxsize=None)
-def _registry() -> Registry:
-    schemas = [load_schema(path.name[:-len(".schema.json")]) for path in sorted(SCHEMA_DIR.glob("*.schema.json"))]
-    return Registry().with_resources((schema["$id"], Resource.from_contents(schema)) for schema in schemas)
-
-
 def validate_report(record: dict, name: str) -> None:
     """Raise jsonschema.ValidationError if ``record`` does not match schema ``name``."""
-    jsonschema.Draft202012Validator(load_schema(name), registry=_registry()).validate(record)
+    jsonschema.Draft202012Validator(load_schema(name)).validate(record)
