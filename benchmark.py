@@ -8,8 +8,12 @@ Thin CLI over visionbench.bench.sweep.
 """
 import sys
 
-from visionbench.bench.sweep import main
-from visionbench.cli import run_main
+from visionbench.interpreter import use_project_python
+
+use_project_python("benchmark.py")
+
+from visionbench.bench.sweep import main  # noqa: E402
+from visionbench.cli import run_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_main(main, "benchmark.py"))
