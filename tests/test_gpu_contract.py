@@ -21,7 +21,6 @@ from nvidia.dali import fn, pipeline_def, types
 from conftest import ROOT, make_small_demo, one_line_error, run_runner
 from visionbench.cli import UsageError
 from visionbench.config import resolve
-from visionbench.data import dali_contract
 from visionbench.data.dali_contract import GPU_KERNELS, gpu_pipeline_problems, pipeline_problems
 from visionbench.engine import float16_contract
 from visionbench.engine.float16_contract import (OVERFLOW_MODELS, float16_graph_problems, master_weight_problems,

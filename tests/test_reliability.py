@@ -1,7 +1,6 @@
 """Interruptions: kill -9 at random points, SIGTERM mid-epoch with an exact
 resume, a full disk during a checkpoint, a diverged loss, two runs on one
 prefix."""
-import errno
 import json
 import random
 import signal
@@ -15,11 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, one_line_error, run_runner
-from visionbench.cli import RunFailure
-from visionbench.config import Config
 from visionbench.engine import checkpoint
-from visionbench.engine.precision import resolve_precision
-from visionbench.engine.trainer import build_net, build_trainer
 from visionbench.report.schema import validate_report
 
 ENV = {"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}
@@ -116,31 +111,6 @@ def test_sigterm_mid_epoch_saves_the_exact_position_and_resume_finishes_equal(tm
     assert all(iteration == 0 for _, iteration in checkpoint.complete_positions(prefix))
 
 
-def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
-    config = Config(device="cpu", num_layers=18, num_classes=10, data_backend="synthetic")
-    precision = resolve_precision("float32", "cpu", None)
-    net = build_net(config, [mx.cpu()], precision)
-    trainer = build_trainer(config, net, precision)
-    net(mx.nd.zeros((1, 3, 16, 16)))   # export needs one forward pass of the hybridized graph
-    prefix = tmp_path / "m"
-    checkpoint.save_checkpoint(net, trainer, prefix, 1, {"epoch": 1})
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-
-    def disk_full(src, dst):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(checkpoint.os, "replace", disk_full)
-    with pytest.raises(RunFailure) as failure:
-        checkpoint.save_checkpoint(net, trainer, prefix, 2, {"epoch": 2})
-    message = str(failure.value)
-    assert f"{prefix}-0002.params" in message and "No space left on device" in message
-    assert "MiB" in message and "previous checkpoints are intact" in message
-    monkeypatch.undo()
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # no partial file left
-    assert checkpoint.complete_epochs(prefix) == [1]
-    checkpoint.load_weights(net, prefix, 1, [mx.cpu()])
-
-
 def test_a_diverged_float32_loss_stops_with_epoch_and_iteration(tmp_path):
     prefix = tmp_path / "m"
     assert run_runner(*_args(prefix, "-e", "1")).returncode == 0
@@ -154,10 +124,13 @@ def test_a_diverged_float32_loss_stops_with_epoch_and_iteration(tmp_path):
 
 
 def test_overflow_check_sees_nan_and_inf_gradients():
+    from visionbench.engine.precision import all_finite
+
     finite = mx.nd.ones((3,))
+    assert all_finite([finite, finite]).asscalar() == 1
     for bad in (float("nan"), float("inf")):
         grads = [finite, mx.nd.array([1.0, bad])]
-        assert mx.nd.multi_all_finite(*grads, num_arrays=2).asscalar() == 0
+        assert all_finite(grads).asscalar() == 0
     assert mx.nd.multi_all_finite(finite, finite, num_arrays=2).asscalar() == 1
 
 

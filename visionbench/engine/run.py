@@ -12,7 +12,7 @@ from ..cli import Interrupted, UsageError
 from ..config import Config, model_name, to_dict
 from ..phases import DataSettings
 from .checkpoint import (checkpoint_paths, complete_epochs, complete_positions, load_meta, load_states,
-                         load_weights, prune, remove_leftovers, save_checkpoint)
+                         load_weights, prune, refuse_foreign_files, remove_leftovers, save_checkpoint)
 from .plan import TrainingPlan, data_folder, format_rows, make_plan
 from .precision import LossScaler, resolve_precision
 from .trainer import (EpochProgress, Run, _loader, build_net, build_trainer, capped_steps, evaluate,
@@ -128,6 +128,7 @@ def train(config: Config, devices, group=None) -> int:
         if writes:
             stack.enter_context(FolderLock(Path(f"{prefix}.lock"), f"--model-prefix {prefix}"))
             remove_leftovers(prefix)
+            refuse_foreign_files(prefix)   # before anything is written under the prefix
             remove_stale_partials([Path(p) for p in (config.report, config.dawn_tsv) if p])
         stop = stack.enter_context(StopRequest())
         return _train(config, devices, group, stop)

@@ -1,0 +1,196 @@
+"""Nothing a user has is lost: files under --model-prefix that are not
+complete checkpoints of this suite are never replaced or deleted, and a
+checkpoint write that fails at any step leaves the folder as it was."""
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from conftest import ROOT, one_line_error, run_runner
+from visionbench.cli import RunFailure, UsageError
+from visionbench.config import Config
+from visionbench.engine import checkpoint
+from visionbench.engine.precision import resolve_precision
+from visionbench.engine.trainer import build_net, build_trainer
+
+
+def _args(prefix, *extra):
+    return ["--device", "cpu", "-n", "1", "-b", "8", "--data-backend", "synthetic", "--num-examples", "16",
+            "--image-size", "16", "--num-layers", "18", "--num-classes", "10", "--mode", "train",
+            "--model-prefix", prefix, *extra]
+
+
+def _folder(path):
+    return {p.name: p.read_bytes() for p in path.iterdir()}
+
+
+def _meta(epoch):
+    return {"epoch": epoch, "model": "resnet18_v1.5", "classes": 10, "loss_scaler": {}, "epochs": []}
+
+
+# Files another tool leaves under a prefix: MXNet's save_checkpoint and
+# NVIDIA's example (P-symbol.json, P-EEEE.params, P-EEEE.states), a damaged
+# checkpoint of ours (no .json), a JSON of someone else's.
+FOREIGN = ["m-0001.params", "m-0001.states", "m-symbol.json", "m-0003.json", "m-0001-000012.params"]
+
+
+def test_a_users_checkpoint_file_stops_the_run_before_anything_is_written(tmp_path):
+    (tmp_path / "m-0001.params").write_bytes(b"MXNet's own save_checkpoint wrote this")
+    before = _folder(tmp_path)
+    result = run_runner(*_args(tmp_path / "m", "-e", "2", "--keep-checkpoints", "1"))
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert f"{tmp_path / 'm-0001.params'} look like checkpoints but are not complete ones of visionbench" in line
+    assert _folder(tmp_path) == before   # nothing replaced, nothing added, the lock gone
+
+
+@pytest.mark.parametrize("name", FOREIGN)
+def test_each_kind_of_foreign_file_is_refused_and_kept(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b'{"not": "ours"}' if name.endswith(".json") else os.urandom(256))
+    before = _folder(tmp_path)
+    with pytest.raises(UsageError, match="look like checkpoints but are not complete ones"):
+        checkpoint.refuse_foreign_files(tmp_path / "m")
+    assert checkpoint.foreign_files(tmp_path / "m") == [path]
+    assert checkpoint.complete_positions(tmp_path / "m") == []
+    assert _folder(tmp_path) == before
+    checkpoint.refuse_foreign_files(tmp_path / "other")   # another prefix in the same folder is free
+
+
+@pytest.fixture
+def net_and_trainer():
+    config = Config(device="cpu", num_layers=18, num_classes=10, data_backend="synthetic")
+    precision = resolve_precision("float32", "cpu", None)
+    net = build_net(config, [mx.cpu()], precision)
+    trainer = build_trainer(config, net, precision)
+    net(mx.nd.zeros((1, 3, 16, 16)))   # export needs one forward pass of the hybridized graph
+    return net, trainer
+
+
+def test_pruning_deletes_only_complete_checkpoints_of_ours(tmp_path, net_and_trainer):
+    net, trainer = net_and_trainer
+    prefix = tmp_path / "m"
+    for epoch in (2, 3, 4):
+        checkpoint.save_checkpoint(net, trainer, prefix, epoch, _meta(epoch))
+    # A user's files appear beside them while the run goes on.
+    (tmp_path / "m-0001.params").write_bytes(b"user's weights")
+    (tmp_path / "m-0001.states").write_bytes(b"user's states")
+    (tmp_path / "m-0005.json").write_text('{"epoch": 5}')
+    checkpoint.prune(prefix, keep_last=1, best_epoch=None)
+    assert checkpoint.complete_epochs(prefix) == [4]
+    assert (tmp_path / "m-0001.params").read_bytes() == b"user's weights"
+    assert (tmp_path / "m-0001.states").read_bytes() == b"user's states"
+    assert (tmp_path / "m-0005.json").read_text() == '{"epoch": 5}'
+    assert not (tmp_path / "m-0002.params").exists() and not (tmp_path / "m-0003.states").exists()
+
+
+def _failing_write(monkeypatch, net, trainer, step):
+    """Make step ``step`` of a checkpoint write fail like a full disk:
+    'export', 'states', or ('rename', k) for the k-th rename."""
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if step == "export":
+        monkeypatch.setattr(net, "export", full)
+    elif step == "states":
+        monkeypatch.setattr(trainer, "save_states", full)
+    else:
+        real, count = os.replace, [0]
+
+        def replace(src, dst):
+            count[0] += 1
+            if count[0] == step[1]:
+                full()
+            return real(src, dst)
+
+        monkeypatch.setattr(checkpoint.os, "replace", replace)
+
+
+def _renames(net, trainer, tmp_path, first):
+    """How many renames one checkpoint write makes (the journal, params,
+    states, the symbol when it is the prefix's first, the meta)."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if not first:
+        checkpoint.save_checkpoint(net, trainer, probe / "m", 1, _meta(1))
+    real, count = os.replace, [0]
+
+    def counting(src, dst):
+        count[0] += 1
+        return real(src, dst)
+
+    os.replace = counting
+    try:
+        checkpoint.save_checkpoint(net, trainer, probe / "m", 2, _meta(2))
+    finally:
+        os.replace = real
+    return count[0]
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first checkpoint", "later checkpoint"])
+def test_a_failure_at_any_step_of_a_checkpoint_write_leaves_the_folder_as_it_was(tmp_path, net_and_trainer,
+                                                                                 monkeypatch, first):
+    net, trainer = net_and_trainer
+    renames = _renames(net, trainer, tmp_path, first)
+    assert renames == (5 if first else 4)
+    steps = ["export", "states"] + [("rename", k) for k in range(1, renames + 1)]
+    for step in steps:
+        folder = tmp_path / f"{step}"
+        folder.mkdir()
+        prefix = folder / "m"
+        if not first:
+            checkpoint.save_checkpoint(net, trainer, prefix, 1, _meta(1))
+        before = _folder(folder)
+        with monkeypatch.context() as patch:
+            _failing_write(patch, net, trainer, step)
+            with pytest.raises(RunFailure) as failure:
+                checkpoint.save_checkpoint(net, trainer, prefix, 2, _meta(2))
+        assert f"{prefix}-0002.params (No space left on device)" in str(failure.value), step
+        assert _folder(folder) == before, step
+        checkpoint.remove_leftovers(prefix)
+        assert _folder(folder) == before, step
+        assert checkpoint.foreign_files(prefix) == []
+
+
+def test_a_killed_checkpoint_write_leaves_only_what_the_next_start_removes(tmp_path, net_and_trainer):
+    # A write killed after its params got their final name (the journal lists them).
+    net, trainer = net_and_trainer
+    prefix = tmp_path / "m"
+    checkpoint.save_checkpoint(net, trainer, prefix, 1, _meta(1))
+    before = _folder(tmp_path)
+    files = checkpoint.checkpoint_paths(prefix, 2)
+    checkpoint.journal_path(prefix).write_text(json.dumps([str(files["params"]), str(files["states"]),
+                                                           str(files["meta"])]))
+    files["params"].write_bytes(b"half a checkpoint")
+    assert checkpoint.foreign_files(prefix) == [files["params"]]   # without the journal it would look foreign
+    checkpoint.remove_leftovers(prefix)
+    assert _folder(tmp_path) == before
+    checkpoint.refuse_foreign_files(prefix)
+
+
+def test_a_real_write_failure_through_the_runner(tmp_path):
+    # A file-size limit (ulimit -f, in KiB) below a checkpoint's .params: the
+    # second checkpoint cannot be written.
+    prefix = tmp_path / "m"
+    assert run_runner(*_args(prefix, "-e", "1")).returncode == 0
+    size = sum(os.path.getsize(f"{prefix}-0001{suffix}") for suffix in (".params", ".states"))
+    before = _folder(tmp_path)
+    command = " ".join(["ulimit -f 20000;", "exec", sys.executable, str(ROOT / "train.py"),
+                        *map(str, _args(prefix, "-e", "2"))])
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    line = one_line_error(result)
+    assert line.startswith(f"train.py: error: cannot write checkpoint {prefix}-0002.params (")
+    needed = float(line.split("it needs about ")[1].split(" MiB")[0])
+    assert needed == pytest.approx(size / 2**20, rel=0.02)   # the checkpoint's real size
+    assert " MiB are free in " in line and "the previous checkpoints are intact" in line
+    assert _folder(tmp_path) == before
+    net = build_net(Config(device="cpu", num_layers=18, num_classes=10), [mx.cpu()],
+                    resolve_precision("float32", "cpu", None))
+    checkpoint.load_weights(net, prefix, 1, [mx.cpu()])
+    assert np.isfinite(net.collect_params()["resnet18_v15_dense0_weight"].data().asnumpy()).all()
