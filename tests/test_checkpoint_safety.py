@@ -167,7 +167,8 @@ def test_a_killed_checkpoint_write_leaves_only_what_the_next_start_removes(tmp_p
     checkpoint.journal_path(prefix).write_text(json.dumps([str(files["params"]), str(files["states"]),
                                                            str(files["meta"])]))
     files["params"].write_bytes(b"half a checkpoint")
-    assert checkpoint.foreign_files(prefix) == [files["params"]]   # without the journal it would look foreign
+    assert checkpoint.foreign_files(prefix) == []   # the journal says it is ours
+    assert checkpoint.refuse_foreign_files(prefix) is None
     checkpoint.remove_leftovers(prefix)
     assert _folder(tmp_path) == before
     checkpoint.refuse_foreign_files(prefix)

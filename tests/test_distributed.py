@@ -207,3 +207,80 @@ def test_bad_distributed_input(tmp_path, args, words):
     assert result.returncode == 2
     assert words in one_line_error(result)
     assert list(tmp_path.iterdir()) == []
+
+
+def _single_process_line(args):
+    """The line a single process gives for ``args`` (its preflight refuses them)."""
+    from visionbench.cli import UsageError
+    from visionbench.config import resolve
+    from visionbench.engine.run import preflight
+
+    with pytest.raises(UsageError) as refusal:
+        preflight(resolve(list(map(str, args))))
+    return f"train.py: error: {refusal.value}"
+
+
+def _job(args, timeout=120):
+    """A 2-worker loopback job in its own process group: (result, processes left in it)."""
+    command = ["bash", str(ROOT / "runner"), *map(str, args), "-n", "1", "--kv-store", "dist_sync",
+               "--local-workers", "2"]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True, env=dict(os.environ, PYTHON=sys.executable))
+    try:
+        out, err = job.communicate(timeout=timeout)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    return subprocess.CompletedProcess(command, job.returncode, out, err), _processes_in_group(job.pid)
+
+
+@pytest.mark.parametrize("case", ["prefix folder missing", "no val set", "report exists", "prefix locked",
+                                  "foreign checkpoint"])
+def test_bad_input_to_a_parameter_server_job_is_refused_once_before_any_process_starts(demo, tmp_path, case):
+    import fcntl
+    import shutil
+
+    prefix, data, extra = tmp_path / "m", demo, []
+    if case == "prefix folder missing":
+        prefix = tmp_path / "missing" / "folder" / "m"
+    elif case == "no val set":
+        data = tmp_path / "data"
+        data.mkdir()
+        for suffix in (".rec", ".idx"):
+            shutil.copy(Path(demo) / f"train{suffix}", data / f"train{suffix}")
+    elif case == "report exists":
+        (tmp_path / "r.json").write_text("{}")
+        extra = ["--report", tmp_path / "r.json"]
+    elif case == "foreign checkpoint":
+        (tmp_path / "m-0001.params").write_bytes(b"another tool's checkpoint")
+    lock = None
+    if case == "prefix locked":
+        lock = open(tmp_path / "m.lock", "w")
+        lock.write("pid 4242\n")
+        lock.flush()
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    try:
+        args = _args(data, prefix, "-e", "1", *extra)
+        expected = _single_process_line(args)
+        result, left = _job(args)
+    finally:
+        if lock is not None:
+            lock.close()
+    assert result.returncode == 2, result.stderr
+    assert one_line_error(result) == expected
+    assert "started" not in result.stdout   # refused before any process started
+    assert left == []
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_a_workers_own_usage_error_ends_the_job_with_its_line(demo, tmp_path):
+    # 80 train images in 2 worker shards of 40, fewer than a batch of 64:
+    # only the workers' loaders can tell (the launcher's checks pass).
+    result, left = _job(_args(demo, tmp_path / "m", "-e", "1", "-b", "64"), timeout=180)
+    assert result.returncode == 2, result.stderr
+    line = one_line_error(result)
+    assert line.startswith("train.py: error: ") and "fewer than the batch size 64" in line, line
+    assert "server" not in line
+    assert left == []

@@ -99,6 +99,28 @@ def check_writable_folder(folder: Path, what: str) -> None:
     probe.unlink(missing_ok=True)
 
 
+def lock_holder(path: Path):
+    """Who holds the FolderLock ``path`` ("pid N"), or None when no live
+    process does. Writes nothing: an absent lock file stays absent."""
+    import fcntl
+
+    try:
+        handle = open(path, "r", encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return None
+
+
+def lock_in_use_message(what: str, holder: str, path: Path) -> str:
+    return f"{what} is in use by a run still going ({holder}; lock {path}); wait for it or choose another prefix"
+
+
 class FolderLock:
     """An exclusive lock file ``path`` (``fcntl.flock``), held while the run
     lives: the kernel releases it when the process dies however it dies, so
@@ -123,8 +145,7 @@ class FolderLock:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 handle.close()
-                raise UsageError(f"{self.what} is in use by a run still going ({holder}; lock {self.path}); "
-                                 "wait for it or choose another prefix")
+                raise UsageError(lock_in_use_message(self.what, holder, self.path))
             try:   # the holder may have removed the file between our open and our lock: retry then
                 same = os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:

@@ -72,7 +72,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return print_schedule(config, config.num_devices, workers)
     if distributed and "DMLC_ROLE" not in os.environ:
         # This process launches the job; the workers it starts run this same command line.
+        # Bad input is refused here, once, before any process starts.
         from .engine.launch import launch
+        from .engine.run import preflight
+        preflight(config)
         return launch(config, list(sys.argv[1:] if argv is None else argv))
     if config.mode == "io":
         return run_io(config)

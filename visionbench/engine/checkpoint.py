@@ -96,6 +96,7 @@ def foreign_files(prefix: Path) -> List[Path]:
     ours = {path for position in complete_positions(prefix) for path in checkpoint_paths(prefix, *position).values()}
     if ours:
         ours.add(symbol_path(prefix))
+    ours.update(_journal_listed(prefix))   # a killed write's files: ours, removed by remove_leftovers
     return sorted(path for path in prefix.parent.iterdir()
                   if pattern.match(path.name) and path not in ours and path.is_file())
 
@@ -181,6 +182,15 @@ def _is_write_failure(err: Exception) -> bool:
     return isinstance(err, OSError) or "MXNetError" in type(err).__name__
 
 
+def _journal_listed(prefix: Path) -> List[Path]:
+    """The final names an unfinished checkpoint write or prune listed."""
+    try:
+        names = json.loads(journal_path(prefix).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []   # none, or one cut short: written before any final name appeared
+    return [Path(name) for name in names if Path(name).parent == Path(prefix).parent]
+
+
 def remove_leftovers(prefix: Path) -> List[Path]:
     """Delete what killed checkpoint writes left: their temporary files, and
     the final-named files a journal says the write created, unless they
@@ -193,16 +203,12 @@ def remove_leftovers(prefix: Path) -> List[Path]:
                  for path in prefix.parent.glob(pattern)]
     journal = journal_path(prefix)
     if journal.exists():
-        try:
-            listed = [Path(name) for name in json.loads(journal.read_text(encoding="utf-8"))]
-        except (OSError, ValueError):
-            listed = []   # a journal cut short: it was written before any final name appeared
+        listed = _journal_listed(prefix)
         complete = {path for position in complete_positions(prefix)
                     for path in checkpoint_paths(prefix, *position).values()}
         if complete:
             complete.add(symbol_path(prefix))
-        leftovers += [path for path in listed if path.parent == prefix.parent and path not in complete
-                      and path.exists()]
+        leftovers += [path for path in listed if path not in complete and path.exists()]
         leftovers.append(journal)
     for path in leftovers:
         path.unlink(missing_ok=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Deque, List, Sequence
 
-from ..cli import EXIT_SIGTERM, Interrupted, Terminated, die_with_parent
+from ..cli import EXIT_SIGTERM, EXIT_USAGE, Interrupted, Terminated, die_with_parent
 from ..config import Config
 
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
@@ -36,6 +36,7 @@ DEFAULT_PORT = 9000       # several nodes: every node must be told the same port
 POLL_S = 0.2              # seconds between checks on the children
 STOP_GRACE_S = 5          # seconds between SIGTERM and SIGKILL when stopping a child
 SERVERS_EXIT_S = 30       # seconds servers and scheduler get to finish after the workers
+CAUSE_WAIT_S = 2          # seconds a failed server or scheduler waits for a worker's own failure
 
 
 @dataclass
@@ -106,6 +107,25 @@ def _failure(child: Child, total_workers: int) -> str:
     return f"{who} failed ({how}): {detail}; every other process of the job was stopped"
 
 
+def _first_cause(children: Sequence[Child], workers: Sequence[Child]) -> Child:
+    """The failure to report: a worker that refused its input (exit 2) over
+    any other, a worker over a server or the scheduler (they abort when a
+    worker leaves the job). Waits up to CAUSE_WAIT_S for the workers to end."""
+    def failed(group):
+        return [c for c in group if c.process.poll() not in (None, 0)]
+
+    deadline = time.monotonic() + CAUSE_WAIT_S
+    while time.monotonic() < deadline:
+        if any(w.process.returncode == EXIT_USAGE for w in failed(workers)):
+            break
+        if all(w.process.poll() is not None for w in workers):
+            break
+        time.sleep(POLL_S)
+    time.sleep(POLL_S)   # let the reader threads take the children's last words
+    usage = [w for w in failed(workers) if w.process.returncode == EXIT_USAGE]
+    return (usage or failed(workers) or failed(children))[0]
+
+
 def launch(config: Config, argv: Sequence[str]) -> int:
     """Run this node's scheduler/servers/workers until the job ends; returns the exit status."""
     port = config.master_port or (free_port() if config.nnodes == 1 else DEFAULT_PORT)
@@ -127,8 +147,12 @@ def launch(config: Config, argv: Sequence[str]) -> int:
         while True:
             failed = next((c for c in children if c.process.poll() not in (None, 0)), None)
             if failed is not None:
-                time.sleep(POLL_S)   # let the reader thread take the child's last words
+                failed = _first_cause(children, workers)
                 _stop(children)
+                if failed.role == "worker" and failed.process.returncode == EXIT_USAGE and failed.last_lines:
+                    # Bad input a worker found: its own line and status, as one process would give.
+                    sys.stderr.write(failed.last_lines[-1] + "\n")
+                    return EXIT_USAGE
                 sys.stderr.write(f"runner: error: {_failure(failed, len(workers))}\n")
                 return failed.process.returncode if failed.process.returncode > 0 else 1
             if all(w.process.poll() == 0 for w in workers):

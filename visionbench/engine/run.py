@@ -110,6 +110,41 @@ def _exit_status(signum: int) -> int:
     return 130 if signum == signal.SIGINT else 143
 
 
+def preflight(config: Config) -> None:
+    """Everything a training run can refuse before it starts, checked without
+    writing anything: precision, the --model-prefix folder, its lock, files
+    there that are not checkpoints of ours, whether it resumes, existing
+    reports and TSVs, and every RecordIO set the plan reads. Raises the same
+    UsageError a run would meet later, so a parameter-server job refuses
+    bad input once, in the launcher, before any process starts."""
+    from ..files import lock_holder, lock_in_use_message
+
+    resolve_precision(config.dtype, config.device, config.loss_scale)
+    if not config.benchmark:
+        prefix = Path(config.model_prefix)
+        if not prefix.parent.is_dir():
+            raise UsageError(f"--model-prefix {prefix}: folder {prefix.parent} does not exist")
+        lock = Path(f"{prefix}.lock")
+        holder = lock_holder(lock)
+        if holder:
+            raise UsageError(lock_in_use_message(f"--model-prefix {prefix}", holder, lock))
+        refuse_foreign_files(prefix)
+        positions = complete_positions(prefix)
+        if positions and not config.resume:
+            raise UsageError(f"checkpoints exist under {prefix} (epoch {positions[-1][0]}); "
+                             "resume with --resume or choose another --model-prefix")
+        _check_outputs(config, resuming=bool(positions))
+    if config.data_backend != "synthetic":
+        from ..data.recordio import RecordReader
+
+        plan = make_plan(config, 1, steps_of=None)
+        folders = {data_folder(config, plan.settings(epoch)) for epoch in range(plan.epochs)}
+        splits = ("train", "val") if config.mode == "train_val" else ("train",)
+        for folder in sorted(folders):
+            for split in splits:
+                RecordReader(folder / split).close()
+
+
 def train(config: Config, devices, group=None) -> int:
     """Train on this worker's ``devices``; ``group`` (engine/collective.py) says
     which worker this is and sums metrics over all of them. Rank 0 alone
@@ -119,11 +154,10 @@ def train(config: Config, devices, group=None) -> int:
     from .collective import Single
 
     group = group or Single()
-    resolve_precision(config.dtype, config.device, config.loss_scale)   # refuse before creating anything
     prefix = Path(config.model_prefix)
     writes = group.rank == 0 and not config.benchmark
-    if writes and not prefix.parent.is_dir():
-        raise UsageError(f"--model-prefix {prefix}: folder {prefix.parent} does not exist")
+    if group.rank == 0:
+        preflight(config)   # (a parameter-server job's launcher ran it too, before starting any process)
     with contextlib.ExitStack() as stack:
         if writes:
             stack.enter_context(FolderLock(Path(f"{prefix}.lock"), f"--model-prefix {prefix}"))
