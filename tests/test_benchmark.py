@@ -7,6 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -100,16 +101,33 @@ def test_failing_points_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_a_point_past_its_timeout_is_killed_with_its_children(tmp_path):
-    marker = "424242"   # an unusual seed, to find the point's processes
-    result = benchmark(tmp_path, "--device", "cpu", "-n", 1, "-b", 2, "-i", 1000000, "-e", 2, "-w", 1, *TINY,
-                       "--timeout", 8, "--seed", marker, "-o", "slow.json", timeout=120)
-    assert result.returncode == 0, result.stderr
+    marker = "--seed 424242"   # an unusual seed, to find the point's processes
+
+    def running():
+        # `--` ends pgrep's options: the pattern starts with a dash. Exit 1 means no match.
+        found = subprocess.run(["pgrep", "-f", "--", marker], capture_output=True, text=True)
+        assert found.returncode in (0, 1), found.stderr
+        return found.stdout.split()
+
+    sweep = subprocess.Popen([sys.executable, str(ROOT / "benchmark.py"), "--device", "cpu", "-n", "1", "-b", "2",
+                              "-i", "1000000", "-e", "2", "-w", "1", *map(str, TINY), "--timeout", "8",
+                              *marker.split(), "-o", "slow.json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=tmp_path, env=dict(os.environ, PYTHON=sys.executable))
+    try:
+        deadline = time.monotonic() + 60
+        while not running():   # the point's runner and its children exist (the pattern finds them)
+            assert sweep.poll() is None and time.monotonic() < deadline, "the point never started"
+            time.sleep(0.2)
+        _, err = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 0, err
     (record,) = load(tmp_path / "slow.json")["results"]
     assert record["status"] == "timeout" and "--timeout 8" in record["error"] and record["ips"] is None
-    assert f"--seed {marker}" in record["command"]   # extra runner flags reach the point
+    assert marker in record["command"]   # extra runner flags reach the point
     assert 8 <= record["wall_s"] < 8 + 15
-    left = subprocess.run(["pgrep", "-f", f"--seed {marker}"], capture_output=True, text=True)
-    assert left.stdout.strip() == ""
+    assert running() == []   # killed with all its children
 
 
 def test_seed_command_without_gpus_exits_2_with_one_line(tmp_path):

@@ -81,24 +81,41 @@ def _not_pickle(members):
 
 
 class _Evil:
+    """Unpickling this runs a shell command that writes ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
         import os
-        return (os.system, ("echo pwned > /tmp/visionbench-pwned",))
-
-
-def _code_in_pickle(members):
-    members["data_batch_2"] = pickle.dumps({b"data": _Evil()})
+        return (os.system, (f"echo pwned > {self.marker}",))
 
 
 @pytest.mark.parametrize("mutate, words", [
     (_wrong_shape, "shape (N, 3072)"), (_bad_label, "labels must be ints"),
     (_missing_batch, "data_batch_5 is missing"), (_not_pickle, "not a CIFAR-10 python batch"),
-    (_code_in_pickle, "refusing to load"),
 ])
 def test_archive_in_the_wrong_format_is_refused(tmp_path, mutate, words):
     make_tarball(tmp_path / "bad.tgz", mutate=mutate)
     result = run_tool("cifar10_to_rec.py", tmp_path / "bad.tgz", tmp_path / "out", check_status=2)
     assert words in one_line_error(result)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({b"data": _Evil(marker)})
+    pickle.loads(payload)   # a plain unpickler runs it: the archive below is really hostile
+    assert marker.read_text() == "pwned\n"
+    marker.unlink()
+
+    def code_in_pickle(members):
+        members["data_batch_2"] = payload
+
+    make_tarball(tmp_path / "bad.tgz", mutate=code_in_pickle)
+    result = run_tool("cifar10_to_rec.py", tmp_path / "bad.tgz", tmp_path / "out", check_status=2)
+    assert "refusing to load" in one_line_error(result)
+    assert not marker.exists()
     assert not (tmp_path / "out").exists()
 
 
