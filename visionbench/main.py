@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 from .cli import UsageError, run_main
 from .config import DIST_KV_STORES, Config, check_data_root, resolve
-from .data.spec import Augment, LoaderSpec
+from .data.spec import loader_spec
 
 
 def resolve_devices(config: Config) -> Config:
@@ -28,17 +28,6 @@ def resolve_devices(config: Config) -> Config:
     if device == "cpu" and backend == "dali-gpu":
         raise UsageError("--data-backend dali-gpu decodes on GPUs; with --device cpu use dali-cpu")
     return replace(config, device=device, data_backend=backend)
-
-
-def loader_spec(config: Config, split: str, devices, rank: int = 0, num_workers: int = 1) -> LoaderSpec:
-    """The loader's explicit arguments for one split."""
-    return LoaderSpec(
-        prefix=config.data_prefix[split], train=(split == "train"), batch_size=config.batch_size,
-        image_size=config.image_size, devices=devices, backend=config.data_backend,
-        dtype=config.dtype, layout=config.input_layout, rank=rank, num_workers=num_workers,
-        augment=Augment(recipe=config.augment, min_scale=config.min_random_area, rect_val=config.rect_val),
-        seed=config.seed, threads=config.dali_threads, num_classes=config.num_classes,
-        synthetic_images=config.num_examples, bad_records=config.bad_records)
 
 
 def run_io(config: Config) -> int:

@@ -69,7 +69,7 @@ def inference_net(config: Config, devices, precision, sample_shape: tuple):
 def run_inference(config: Config, devices) -> int:
     from ..data.loader import make_loader
     from ..engine.precision import resolve_precision
-    from ..main import loader_spec
+    from ..data.spec import loader_spec
     from .io import steps_forever
     from .timing import result_line
 

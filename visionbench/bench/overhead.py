@@ -49,7 +49,7 @@ def bare_candidate(config) -> Callable[[int], float]:
     from ..engine.devices import make_contexts
     from ..engine.precision import resolve_precision
     from ..engine.trainer import build_net
-    from ..main import loader_spec
+    from ..data.spec import loader_spec
 
     devices = make_contexts(config.device, config.num_devices)
     precision = resolve_precision(config.dtype, config.device, None)

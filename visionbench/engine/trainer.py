@@ -70,7 +70,7 @@ def build_trainer(config: Config, net, precision: Precision, kvstore=None):
 
 def _loader(config: Config, split: str, settings: DataSettings, devices, rank: int, num_workers: int, cache: Dict):
     from ..data.loader import make_loader
-    from ..main import loader_spec
+    from ..data.spec import loader_spec
 
     folder = data_folder(config, settings)
     key = (split, settings, str(folder))
