@@ -91,10 +91,16 @@ def test_two_workers_take_the_same_steps_as_one_worker_with_two_devices(runs):
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_workers_read_disjoint_shards_that_cover_the_set(runs):
+def test_workers_read_disjoint_shards_that_cover_the_set(runs, demo):
+    from visionbench.data.recordio import RecordReader
+
     samples = runs["root"] / "samples"
+    reader = RecordReader(Path(demo) / "train")
     for epoch in range(3):
-        shards = [json.loads((samples / f"rank-{r}-epoch-{epoch}.json").read_text())["positions"] for r in (0, 1)]
+        logs = [json.loads((samples / f"rank-{r}-epoch-{epoch}.json").read_text()) for r in (0, 1)]
+        for log in logs:   # each device received the labels of the records it was fed
+            assert log["labels"] == [int(reader.read(p)[0]) for p in log["positions"]]
+        shards = [log["positions"] for log in logs]
         assert len(shards[0]) == len(shards[1]) == TRAIN_IMAGES // 2
         assert not set(shards[0]) & set(shards[1])
         assert sorted(shards[0] + shards[1]) == list(range(TRAIN_IMAGES))

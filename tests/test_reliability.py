@@ -2,10 +2,11 @@
 resume, a full disk during a checkpoint, a diverged loss, two runs on one
 prefix."""
 import json
-import random
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,78 +38,191 @@ def _same_weights(a, b):
         np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
-def _start(args):
-    return subprocess.Popen(["bash", str(ROOT / "runner"), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+class Job:
+    """./runner in the background, its stdout read line by line as it comes,
+    so a test can act on what the run reports (events, never timers)."""
+
+    def __init__(self, args):
+        self.process = subprocess.Popen(["bash", str(ROOT / "runner"), *map(str, args)], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=ENV)
+        self.lines = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self.lines.append(None)   # end of output
+            self._changed.notify_all()
+
+    def wait_for_line(self, pattern, timeout=120):
+        """The first stdout line matching ``pattern``; fails if the run ends or the time runs out first."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                match = next((l for l in self.lines if l is not None and regex.search(l)), None)
+                if match is not None:
+                    return match
+                assert None not in self.lines, f"the run ended before {pattern!r}: {self.lines}"
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"no {pattern!r} in {timeout} s: {self.lines}"
+                self._changed.wait(remaining)
+
+    def wait_for_file(self, folder, pattern, timeout=120):
+        """Poll (2 ms) until a file matching ``pattern`` exists in ``folder``: the only event a
+        checkpoint write gives. Returns the matches, or [] if the run ended first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = list(Path(folder).glob(pattern))
+            if found or self.process.poll() is not None:
+                return found
+            time.sleep(0.002)
+        raise AssertionError(f"no {pattern} in {folder} within {timeout} s")
+
+    def kill(self, signum=signal.SIGKILL):
+        self.process.send_signal(signum)
+        self.process.wait(timeout=60)
+        with self._changed:
+            self._changed.wait_for(lambda: None in self.lines, timeout=30)
+        return self.process.returncode, "\n".join(l for l in self.lines if l is not None), self.process.stderr.read()
+
+
+def _resumed_from(out):
+    found = re.search(r"resuming from \S+-(\d{4})(-(\d{6}))? ", out)
+    return (int(found[1]), int(found[3] or 0)) if found else None
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     prefix = tmp_path_factory.mktemp("whole") / "m"
-    result = run_runner(*_args(prefix, "-e", "6"))
+    result = run_runner(*_args(prefix, "-e", "4"))
     assert result.returncode == 0, result.stderr
     return prefix
 
 
-def test_kill_9_at_five_random_points_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
+def test_kill_9_at_five_points_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
+    """Five kills, each at an event of the run: during start-up (its lock is
+    taken, no step yet), mid-epoch before any checkpoint, mid-epoch after
+    checkpoints, right after a checkpoint, and during a checkpoint write.
+    Each rerun resumes from the newest complete checkpoint and says so; the
+    final weights are the uninterrupted run's, bit for bit (synthetic data)."""
     prefix = tmp_path / "m"
-    rng = random.Random(11)
-    kills = 0
-    while kills < 5:
-        before = checkpoint.complete_epochs(prefix)
-        process = _start(_args(prefix, "-e", "6"))
-        time.sleep(rng.uniform(2.5, 6.0))   # start-up is ~2 s; an epoch well under a second
-        if process.poll() is not None:
-            break   # finished before this kill
-        process.send_signal(signal.SIGKILL)
-        out, _ = process.communicate(timeout=30)
-        kills += 1
-        if before:   # it started from the newest finished epoch: at most that epoch's work is lost per kill
-            assert f"resuming from {prefix}-{before[-1]:04d} " in out
-        after = checkpoint.complete_epochs(prefix)
-        # Never a broken checkpoint: every complete one loads its meta.
-        for epoch in after:
-            assert checkpoint.load_meta(prefix, epoch)["epoch"] == epoch
-        assert (after[-1] if after else 0) >= (before[-1] if before else 0)
-    final = run_runner(*_args(prefix, "-e", "6"))
+    args = _args(prefix, "-e", "4", "--disp-batches", "4")
+    events = [("start-up", lambda job: job.wait_for_file(tmp_path, "m.lock")),
+              ("epoch 1, no checkpoint yet", lambda job: job.wait_for_line(r"^epoch 1/4 batch 8/")),
+              ("mid-epoch 3", lambda job: job.wait_for_line(r"^epoch 3/4 batch 12/")),
+              ("right after a checkpoint", lambda job: job.wait_for_file(tmp_path, "m-0003.json")),
+              ("during a checkpoint write", lambda job: (job.wait_for_line("^resuming from"),   # leftovers removed
+                                                         job.wait_for_file(tmp_path, ".m.checkpoint-journal")))]
+    for what, event in events:
+        before = checkpoint.complete_positions(prefix)
+        job = Job(args)
+        event(job)
+        _, out, err = job.kill()
+        assert job.process.returncode == -signal.SIGKILL, (what, err)
+        assert _resumed_from(out) == (before[-1] if before else None), (what, out)
+        after = checkpoint.complete_positions(prefix)
+        for epoch, iteration in after:   # never a broken checkpoint
+            assert checkpoint.load_meta(prefix, epoch, iteration)["epoch"] == epoch
+        assert checkpoint.foreign_files(prefix) == [], what
+        if what == "during a checkpoint write":   # the kill landed inside the write: it left its journal
+            assert checkpoint.journal_path(prefix).exists() or list(tmp_path.glob(".m.partial-*")), what
+    newest = checkpoint.complete_positions(prefix)[-1]
+    final = run_runner(*args)
     assert final.returncode == 0, final.stderr
-    assert kills >= 3, "the run finished too early to be killed five times"
-    _same_weights(_params(prefix, 6), _params(uninterrupted, 6))
-    assert not list(tmp_path.glob(".*partial*"))   # leftovers of killed writes are cleaned up
+    assert _resumed_from(final.stdout) == newest
+    for name, weights in _params(uninterrupted, 4).items():
+        assert np.array_equal(_params(prefix, 4)[name], weights), name
+    assert not list(tmp_path.glob(".*partial*")) and not checkpoint.journal_path(prefix).exists()
 
 
-def test_sigterm_mid_epoch_saves_the_exact_position_and_resume_finishes_equal(tmp_path):
-    prefix = tmp_path / "m"
-    report = tmp_path / "r.json"
-    process = _start(_args(prefix, "-e", "3", "--report", report, "--num-examples", "480"))
-    deadline = time.monotonic() + 120
-    while not Path(f"{prefix}-0001.json").exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-        time.sleep(0.05)
-    time.sleep(2.0)   # inside epoch 2 (60 steps of ~0.15 s)
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=60)
-    assert process.returncode == 143, err
+def _sigterm_mid_epoch(args, at_line):
+    """Start, SIGTERM at the first stdout line matching ``at_line``; returns
+    (iteration saved, the one-line message)."""
+    job = Job(args)
+    job.wait_for_line(at_line)
+    status, out, err = job.kill(signal.SIGTERM)
+    assert status == 143, err
     line = one_line_error(subprocess.CompletedProcess([], 143, out, err))
     assert "stopped by SIGTERM at epoch 2, iteration" in line and "run the same command again" in line
-    positions = checkpoint.complete_positions(prefix)
-    assert positions[-1][0] == 1 and positions[-1][1] > 0
+    return int(re.search(r"iteration (\d+)", line)[1]), line
+
+
+def test_sigterm_mid_epoch_on_synthetic_data_resumes_bit_for_bit(tmp_path):
+    prefix, report = tmp_path / "m", tmp_path / "r.json"
+    args = _args(prefix, "-e", "3", "--report", report, "--num-examples", "240", "--disp-batches", "10")
+    iteration, _ = _sigterm_mid_epoch(args, r"^epoch 2/3 batch 10/")
+    assert 10 <= iteration < 30
+    assert checkpoint.complete_positions(prefix)[-1] == (1, iteration)
     partial = json.loads(report.read_text())
     validate_report(partial, "train_report")
     assert partial["status"] == "interrupted" and [e["epoch"] for e in partial["epochs"]] == [0]
     assert not Path(f"{prefix}.lock").exists()
-    resumed = run_runner(*_args(prefix, "-e", "3", "--report", report, "--num-examples", "480"))
+    resumed = run_runner(*args)
     assert resumed.returncode == 0, resumed.stderr
-    assert "steps of the next" in resumed.stdout
+    assert f"resuming from {prefix}-0001-{iteration:06d} (epoch 1 of 3 done, and {iteration} steps of the next)" \
+        in resumed.stdout
     whole = tmp_path / "whole" / "m"
     whole.parent.mkdir()
-    assert run_runner(*_args(whole, "-e", "3", "--num-examples", "480")).returncode == 0
-    _same_weights(_params(prefix, 3), _params(whole, 3))
+    assert run_runner(*_args(whole, "-e", "3", "--num-examples", "240")).returncode == 0
+    for name, weights in _params(whole, 3).items():   # the README's promise: bit for bit
+        assert np.array_equal(_params(prefix, 3)[name], weights), name
     final = json.loads(report.read_text())
     assert final["status"] == "complete" and [e["epoch"] for e in final["epochs"]] == list(range(3))
-    assert final["epochs"][1]["train_images"] == 480   # the interrupted epoch counts every image once
+    assert final["epochs"][1]["train_images"] == 240   # the interrupted epoch counts every image once
     # The mid-epoch checkpoint is gone once a later end-of-epoch checkpoint exists.
     assert all(iteration == 0 for _, iteration in checkpoint.complete_positions(prefix))
+
+
+@pytest.fixture(scope="module")
+def position_labelled(tmp_path_factory):
+    """A RecordIO set whose label is the record's position: what a device
+    receives says which record it was."""
+    from visionbench.selftest import write_colour_set
+
+    root = tmp_path_factory.mktemp("labelled")
+    write_colour_set(root / "train", 96)
+    return root
+
+
+def _dali_args(data, prefix, log, *extra):
+    return ["--device", "cpu", "-n", "2", "-b", "4", "--data-root", data, "--data-backend", "dali-cpu",
+            "--image-size", "16", "--num-layers", "18", "--num-classes", "96", "--lr", "0.1", "--warmup-epochs",
+            "0", "--mode", "train", "--model-prefix", prefix, "--seed", "5", "--sample-log", log, *extra]
+
+
+def _fed(log, name):
+    return json.loads((log / name).read_text())
+
+
+def test_sigterm_mid_epoch_on_dali_data_feeds_the_same_records_from_that_step(position_labelled, tmp_path):
+    # 96 images, 2 devices x 4: 12 steps an epoch. The uninterrupted run and
+    # the interrupted + resumed one must feed each step the same records and
+    # their devices receive the same labels (labels are positions here).
+    (tmp_path / "whole").mkdir(), (tmp_path / "cut").mkdir()
+    whole_log, cut_log = tmp_path / "whole-log", tmp_path / "cut-log"
+    whole_log.mkdir(), cut_log.mkdir()
+    whole = run_runner(*_dali_args(position_labelled, tmp_path / "whole" / "m", whole_log, "-e", "2"))
+    assert whole.returncode == 0, whole.stderr
+    args = _dali_args(position_labelled, tmp_path / "cut" / "m", cut_log, "-e", "2", "--disp-batches", "3")
+    iteration, _ = _sigterm_mid_epoch(args, r"^epoch 2/2 batch 6/")
+    resumed = run_runner(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"and {iteration} steps of the next" in resumed.stdout
+    reference = _fed(whole_log, "rank-0-epoch-1.json")
+    before, after = _fed(cut_log, "rank-0-epoch-1.json"), _fed(cut_log, f"rank-0-epoch-1-from-{iteration:06d}.json")
+    assert len(reference["labels_by_step"]) == 12 and after["first_step"] == iteration
+    assert before["labels_by_step"] == reference["labels_by_step"][:iteration]
+    assert after["labels_by_step"] == reference["labels_by_step"][iteration:]
+    assert after["positions_by_step"] == reference["positions_by_step"][iteration:]
+    # What the devices received is what the sampler planned, and the epoch is every record once.
+    assert reference["labels_by_step"] == reference["positions_by_step"]
+    assert sorted(reference["labels"]) == list(range(96))
+    assert sorted(before["labels"] + after["labels"]) == list(range(96))
 
 
 def test_a_diverged_float32_loss_stops_with_epoch_and_iteration(tmp_path):
@@ -136,18 +250,14 @@ def test_overflow_check_sees_nan_and_inf_gradients():
 
 def test_a_second_run_on_the_same_prefix_is_refused_until_the_first_dies(tmp_path):
     prefix = tmp_path / "m"
-    first = _start(_args(prefix, "-e", "50"))
+    first = Job(_args(prefix, "-e", "50"))
     try:
-        deadline = time.monotonic() + 60
-        while not Path(f"{prefix}.lock").exists():
-            assert first.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        assert first.wait_for_file(tmp_path, "m.lock"), "the first run ended before taking its lock"
         second = run_runner(*_args(prefix, "-e", "50"))
         assert second.returncode == 2
         assert "is in use by a run still going (pid" in one_line_error(second)
     finally:
-        first.send_signal(signal.SIGKILL)
-        first.communicate(timeout=30)
+        first.kill()
     assert Path(f"{prefix}.lock").exists()   # left by the killed run, but not held
     third = run_runner(*_args(prefix, "-e", "1"))
     assert third.returncode == 0, third.stderr

@@ -95,8 +95,13 @@ class Config:
     local_workers: int = option(1, "--local-workers", metavar="W",
                                 help="workers started on this machine, each training on its own -n devices")
     sample_log: Optional[str] = option(None, "--sample-log", metavar="DIR",
-                                       help="write the dataset positions each worker reads per epoch to "
-                                            "DIR/rank-R-epoch-E.json (DALI backends; for checking sharding)")
+                                       help="write, per worker and epoch, the dataset positions fed and the labels "
+                                            "each device received, step by step, to DIR/rank-R-epoch-E.json "
+                                            "(-from-SSSSSS when resumed mid-epoch; DALI backends; for checking "
+                                            "sharding and resumes: reads every label back to the host)")
+    disp_batches: int = option(0, "--disp-batches", metavar="N",
+                               help="print a line every N steps: loss and img/s since the last line, LR "
+                                    "(0: only a line per epoch; each line reads the loss back from the devices)")
     # --- optimizer and schedule
     num_epochs: int = option(90, "-e", "--num-epochs", metavar="E", help="epochs (ignored with --phases)")
     lr: float = option(0.1, "--lr", metavar="LR",
@@ -249,6 +254,8 @@ def check(config: Config) -> None:
                          f"{config.num_epochs}), got {config.benchmark_warmup_epochs}: nothing would be timed")
     if config.benchmark and config.mode != "train":
         raise UsageError(f"--benchmark measures training: use it with --mode train, not --mode {config.mode}")
+    if config.disp_batches < 0:
+        raise UsageError(f"disp-batches must be 0 or more, got {config.disp_batches}")
     if config.warmup_iterations < 0:
         raise UsageError(f"warmup-iterations must be 0 or more, got {config.warmup_iterations}")
     if config.dali_threads is not None and config.dali_threads < 1:

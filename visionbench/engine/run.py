@@ -249,10 +249,10 @@ def _train(config: Config, devices, group, stop: StopRequest) -> int:
     for epoch in range(start_epoch, plan.epochs):
         settings = plan.settings(epoch)
         train_loader = _loader(config, "train", settings, devices, rank, num_workers, loaders)
-        if config.sample_log:
-            _log_samples(Path(config.sample_log), rank, epoch, train_loader, result_steps(config, train_loader))
         result = train_epoch(run, epoch, train_loader, progress=rank == 0,
                              start=progress if epoch == start_epoch else None, stop=stop)
+        if result["fed"] is not None:
+            _log_samples(Path(config.sample_log), rank, epoch, train_loader, result["fed"])
         if not result["complete"]:
             done = result["progress"]
             saved = "nothing saved (--save-frequency 0)"
@@ -316,19 +316,25 @@ def _print_benchmark_result(config: Config, timed: dict, devices_total: int) -> 
                        "devices": devices_total, "latency_ms": None}), flush=True)
 
 
-def _log_samples(folder: Path, rank: int, epoch: int, loader, steps: int) -> None:
-    """--sample-log: the dataset positions (padding excluded) this worker's
-    devices read in ``epoch``, one JSON file per worker and epoch."""
+def _log_samples(folder: Path, rank: int, epoch: int, loader, fed: dict) -> None:
+    """--sample-log: per step, the dataset positions this worker's devices
+    were fed (the sampler's plan, padding excluded) and the labels they
+    received, as one JSON file per worker, epoch and starting step."""
     import json
 
     from ..files import write_text_atomic
 
-    positions = []
-    for plan in loader.plans(epoch):
-        for batch, pad in zip(plan.positions[:steps], plan.pads[:steps]):
-            positions += batch[:len(batch) - int(pad)].tolist()
-    write_text_atomic(folder / f"rank-{rank}-epoch-{epoch}.json",
-                      json.dumps({"rank": rank, "epoch": epoch, "positions": positions}) + "\n")
+    first = fed["first_step"]
+    labels = fed["labels_by_step"]
+    plans = loader.plans(epoch)
+    positions = [[int(p) for plan in plans for p in plan.positions[step][:len(plan.positions[step]) - int(plan.pads[step])]]
+                 for step in range(first, first + len(labels))]
+    received = [[label for device in step for label in device] for step in labels]
+    name = f"rank-{rank}-epoch-{epoch}" + (f"-from-{first:06d}" if first else "") + ".json"
+    write_text_atomic(folder / name, json.dumps({
+        "rank": rank, "epoch": epoch, "first_step": first, "positions_by_step": positions,
+        "labels_by_step": received, "positions": [p for step in positions for p in step],
+        "labels": [label for step in received for label in step]}) + "\n")
 
 
 def score(config: Config, devices) -> int:

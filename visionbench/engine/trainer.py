@@ -192,6 +192,10 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
     # overflow check reads the first device's (the same arrays every step,
     # listed after the first backward: a model may initialise deferred).
     first_device_grads = None
+    # --sample-log: the labels each device received, step by step (a host
+    # read per step, only then).
+    received = [] if config.sample_log else None
+    shown = (0.0, images, time.perf_counter())   # --disp-batches: loss sum, images, clock at the last line
     iteration = start.iteration
     started = time.perf_counter()
     for iteration, step in zip(range(start.iteration, steps), loader.epoch(epoch, start.iteration)):
@@ -224,8 +228,12 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
         for total, step_sum in zip(loss_sums, step_sums):
             total += step_sum
         images += sum(data.shape[0] - pad for data, _, pad in step)
+        if received is not None:
+            received.append([label.asnumpy()[:label.shape[0] - pad].astype(int).tolist() for _, label, pad in step])
         if bar is not None:
             bar.update(1)
+        if progress and config.disp_batches and (iteration + 1) % config.disp_batches == 0:
+            shown = _show_progress(epoch, run.plan.epochs, iteration, steps, lr, loss_sums, images, shown)
         if stop is not None and stop.requested:
             iteration += 1
             break
@@ -240,8 +248,9 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
         bar.close()
     left_out = start.skipped_records + loader.skipped_records - left_out_before
     progress_made = EpochProgress(iteration, loss_sum, images, seconds, left_out)
+    fed = {"first_step": start.iteration, "labels_by_step": received} if received is not None else None
     if iteration < steps:
-        return {"complete": False, "progress": progress_made, "lr": lr}
+        return {"complete": False, "progress": progress_made, "lr": lr, "fed": fed}
     total_loss, total_images = loss_sum, images
     if run.group is not None:   # every worker's images and loss; the time is this worker's
         total_loss, total_images, left_out = run.group.sum([loss_sum, images, left_out])
@@ -249,7 +258,20 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
     return {"complete": True, "train_loss": total_loss / max(total_images, 1),
             "train_ips": total_images / seconds, "epoch_train_s": seconds, "lr": lr,
             "skipped_steps": scaler.skipped_steps - skipped_before, "images": total_images, "iterations": steps,
-            "skipped_records": left_out}
+            "skipped_records": left_out, "fed": fed}
+
+
+def _show_progress(epoch: int, epochs: int, iteration: int, steps: int, lr: float, loss_sums, images: int,
+                   shown: tuple) -> tuple:
+    """--disp-batches: one line on this worker's steps since the last line
+    (a host read of the loss sums: only when asked for)."""
+    loss_sum = sum(float(s.asscalar()) for s in loss_sums)
+    last_loss, last_images, last_clock = shown
+    now = time.perf_counter()
+    new_images = max(images - last_images, 1)
+    print(f"epoch {epoch + 1}/{epochs} batch {iteration + 1}/{steps}: loss {(loss_sum - last_loss) / new_images:.4f}, "
+          f"lr {lr:.5g}, {new_images / max(now - last_clock, 1e-9):.1f} img/s", flush=True)
+    return loss_sum, images, now
 
 
 def capped_steps(config: Config, steps: int) -> int:
