@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from nvidia.dali import fn, pipeline_def, types
 
-from conftest import ROOT, make_small_demo, one_line_error, run_runner
+from conftest import ROOT, one_line_error, run_runner
 from visionbench.cli import UsageError
 from visionbench.config import resolve
 from visionbench.data.dali_contract import GPU_KERNELS, gpu_pipeline_problems, pipeline_problems
@@ -315,17 +315,11 @@ def test_autotune_is_off_when_any_phase_validates_rectangularly(name, rect_val):
 # --- defect 7: a float16 checkpoint scored by a float32 model --------------
 
 @pytest.fixture(scope="module")
-def float16_checkpoint(tmp_path_factory):
+def float16_checkpoint(trained_demo, tmp_path_factory):
     """A trained float32 checkpoint and its float16 twin, cast as a float16
     GPU run saves it: weights float16, BatchNorm parameters float32."""
-    folder = tmp_path_factory.mktemp("f16")
-    data = make_small_demo(folder / "demo", 8)
-    trained = folder / "m32"
-    result = run_runner("--device", "cpu", "-n", "1", "-b", "8", "--data-root", data, "--image-size", "32",
-                        "--num-layers", "18", "--num-classes", "10", "--lr", "0.4", "--warmup-epochs", "0",
-                        "-e", "1", "--mode", "train", "--model-prefix", trained)
-    assert result.returncode == 0, result.stderr
-    half = folder / "m16"
+    data, trained, _ = trained_demo
+    half = tmp_path_factory.mktemp("f16") / "m16"
     params = mx.nd.load(f"{trained}-0001.params")
     cast = {name: (array if "batchnorm" in name else array.astype("float16")) for name, array in params.items()}
     assert {a.dtype for a in cast.values()} == {np.float16, np.float32}
