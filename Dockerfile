@@ -12,7 +12,7 @@ FROM nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-pip libgomp1 \
+    && apt-get install -y --no-install-recommends python3 python3-pip libgomp1 libquadmath0 \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /workspace/visionbench
@@ -24,3 +24,8 @@ RUN python3 -c "from importlib.metadata import version as v; \
 assert v('mxnet-cu112') == '1.9.1', v('mxnet-cu112'); \
 assert v('nvidia-dali-cuda110') == '1.34.0', v('nvidia-dali-cuda110'); \
 assert v('numpy') == '1.23.5', v('numpy')"
+# Fail the build if libmxnet.so misses a library (its bundled libgfortran.so.3
+# needs libquadmath.so.0); libcuda.so.1 alone arrives with `docker run --gpus`.
+RUN missing=$(ldd "$(python3 -c 'import importlib.util, os; print(os.path.join(os.path.dirname(importlib.util.find_spec("mxnet").origin), "libmxnet.so"))')" \
+        | grep "not found" | grep -v "libcuda.so.1" || true); \
+    if [ -n "$missing" ]; then echo "libmxnet.so cannot load: $missing" >&2; exit 1; fi

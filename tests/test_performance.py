@@ -87,8 +87,7 @@ def test_gpu_settings_fill_only_unset_variables_and_only_for_gpu_runs():
     assert mxnet_environment("cpu", rect_val=False) == {} and decoder_options("cpu") == {}
     env = {"MXNET_OPTIMIZER_AGGREGATION_SIZE": "8"}   # the user's choice wins
     apply_environment("gpu", rect_val=False, environ=env)
-    assert env == {"MXNET_OPTIMIZER_AGGREGATION_SIZE": "8", "MXNET_UPDATE_ON_KVSTORE": "0",
-                   "MXNET_CUDNN_AUTOTUNE_DEFAULT": "1"}
+    assert env == {"MXNET_OPTIMIZER_AGGREGATION_SIZE": "8", "MXNET_CUDNN_AUTOTUNE_DEFAULT": "1"}
     # Rectangular validation feeds a new shape every batch: no autotuning for each.
     assert mxnet_environment("gpu", rect_val=True)["MXNET_CUDNN_AUTOTUNE_DEFAULT"] == "0"
     assert set(decoder_options("mixed")) == {"device_memory_padding", "host_memory_padding", "hw_decoder_load"}

@@ -103,6 +103,13 @@ def test_dynamic_loss_scaling_in_the_training_loop():
     assert result["skipped_steps"] == 0 and scaler.scale == 1024.0
     for name in unscaled:
         np.testing.assert_allclose(scaled[name], unscaled[name], rtol=1e-5, atol=1e-6)
+    # The scale doubles after every 2 clean steps: each step is still
+    # unscaled by the scale its backward ran with.
+    growing = LossScaler(1024.0, dynamic=True, growth_interval=2)
+    _, grown = _fixed_run(devices, growing, scaled_precision, batches)
+    assert growing.scale == 4096.0
+    for name in unscaled:
+        np.testing.assert_allclose(grown[name], unscaled[name], rtol=1e-5, atol=1e-6)
     # An inf in one device's part of the second batch: that step is skipped.
     poisoned = [batches[0], (batches[1][0].copy(), batches[1][1])] + batches[2:]
     poisoned[1][0][5, 0, 0, 0] = np.inf
@@ -124,6 +131,8 @@ def test_loss_scaler():
     for _ in range(3):
         assert scaler.update(True)
     assert scaler.scale == 8.0
+    capped = LossScaler(2.0 ** 24, dynamic=True, growth_interval=1)
+    assert capped.update(True) and capped.scale == 2.0 ** 24
     static = LossScaler(128.0, dynamic=False)
     assert static.update(False) and static.scale == 128.0
 

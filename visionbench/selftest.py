@@ -181,6 +181,9 @@ def pipelines_check(config: Config, context, folder: Path) -> str:
             if data.shape != want or np.dtype(data.dtype) != np.dtype(spec.dtype) or data.context != context:
                 raise CheckFailed(f"{'train' if train else 'val'} batch is {data.shape} {data.dtype} on "
                                   f"{data.context}, not {want} {spec.dtype} on {context}")
+            if label.context != context:
+                raise CheckFailed(f"{'train' if train else 'val'} labels arrive on {label.context}, not on "
+                                  f"{context} with their images")
             pixels = data.asnumpy().astype(np.float32)
             if spec.layout == "NHWC":
                 pixels = pixels.transpose(0, 3, 1, 2)

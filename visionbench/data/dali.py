@@ -40,8 +40,11 @@ def _placement(backend: str, context) -> tuple[Optional[int], str]:
     return None, "cpu"
 
 
-def _to_device(node, context, decode_device: str):
-    if context.device_type == "gpu" and decode_device == "cpu":
+def _to_device(node, context):
+    """Every output of a pipeline built for a GPU leaves it on that GPU: the
+    decoded images of ``mixed`` decoding already are, the labels (and CPU
+    decoded images) are copied (the MXNet plugin puts CPU outputs on cpu(0))."""
+    if context.device_type == "gpu" and node.device == "cpu":
         return node.gpu()   # GPU-ONLY
     return node
 
@@ -182,7 +185,7 @@ def build_pipeline(spec: LoaderSpec, feed: _EpochFeed, context, seed: int):
             images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, **decode_options)
             images = _resize_shorter_center_crop(images, encoded, round(size / VAL_RESIZE_RATIO), size)
             images = fn.crop_mirror_normalize(images, **normalize)
-        return _to_device(images, context, decode_device), _to_device(labels, context, decode_device)
+        return _to_device(images, context), _to_device(labels, context)
 
     return pipeline()
 
@@ -234,8 +237,10 @@ def _run_pipelines(spec: LoaderSpec, feeds: List[_EpochFeed], epoch: int) -> Ite
         parts, dropped = [], 0
         for batch, context, feed in zip(batches, spec.devices, feeds):
             data, label = batch.data[0], batch.label[0]
-            if data.context != context:
-                data, label = data.as_in_context(context), label.as_in_context(context)
+            if data.context != context:      # CPU pipelines: one per CPU context, all output on cpu(0)
+                data = data.as_in_context(context)
+            if label.context != context:
+                label = label.as_in_context(context)
             _, pad, left = feed.batch_at(step)
             parts.append((data, label, pad))
             dropped += left

@@ -14,7 +14,9 @@ would at build and run time:
    operators must be CPU data nodes");
 3. every GPU or mixed operator receives data of a dtype its GPU kernel is
    compiled for (GPU_KERNELS below), the dtypes being propagated through the
-   graph from the sources.
+   graph from the sources;
+4. the images and the labels leave the pipeline on the GPU (the MXNet plugin
+   puts CPU outputs on cpu(0), and MXNet refuses operators across devices).
 
 Each problem is one line; an empty list means every check passed.
 """
@@ -172,9 +174,9 @@ def pipeline_problems(pipe, name: str) -> List[str]:
             if out not in kernel.output_dtypes:
                 problems.append(f"{where} is asked for {out}; its GPU kernel writes "
                                 f"{', '.join(sorted(kernel.output_dtypes))} ({kernel.source})")
-    images = pipe._graph_outputs[0]
-    if images.device != "gpu":
-        problems.append(f"{name}: the images leave the pipeline on the {images.device}, not the GPU")
+    for output, what in zip(pipe._graph_outputs, ("images", "labels")):
+        if output.device != "gpu":   # the MXNet plugin would put it on cpu(0), away from the model
+            problems.append(f"{name}: the {what} leave the pipeline on the {output.device}, not the GPU")
     return problems
 
 

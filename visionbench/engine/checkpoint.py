@@ -126,7 +126,8 @@ def checkpoint_bytes(net, trainer) -> int:
     statistics, and the optimizer state as save_states writes it."""
     import numpy as np
 
-    size = sum(p.data().size * np.dtype(p.data().dtype).itemsize for p in net.collect_params().values())
+    # list_data()[0]: the first device's copy (data() alone looks on the current context, cpu(0))
+    size = sum(p.list_data()[0].size * np.dtype(p.dtype).itemsize for p in net.collect_params().values())
     try:
         size += len(trainer._updaters[0].get_states(dump_optimizer=False))
     except Exception:  # noqa: BLE001 - an estimate: the weights alone if the state cannot be serialised

@@ -165,6 +165,7 @@ def library_versions() -> Dict[str, Optional[str]]:
     return {
         "CUDA driver API": _version_number(("libcuda.so.1", "libcuda.so"), "cuDriverGetVersion", _cuda_version),
         "CUDA runtime": _version_number(("libcudart.so.11.0", "libcudart.so"), "cudaRuntimeGetVersion", _cuda_version),
-        "cuDNN": _version_number(("libcudnn.so.8", "libcudnn.so"), "cudnnGetVersion", _cudnn_version),
+        # libmxnet.so links libcudnn.so.8 by that name: another major version is not what it uses
+        "cuDNN": _version_number(("libcudnn.so.8",), "cudnnGetVersion", _cudnn_version),
         "NCCL": _version_number(("libnccl.so.2", "libnccl.so"), "ncclGetVersion", _nccl_version),
     }

@@ -74,6 +74,7 @@ class LossScaler:
 
     INITIAL = 2.0 ** 16
     MINIMUM = 1.0
+    MAXIMUM = 2.0 ** 24   # as MXNet's AMP loss scaler: float16 gradients need no more
 
     def __init__(self, scale: float, dynamic: bool, growth_interval: int = 2000):
         self.scale = scale
@@ -93,7 +94,7 @@ class LossScaler:
             return False
         self.clean_steps += 1
         if self.clean_steps >= self.growth_interval:
-            self.scale *= 2
+            self.scale = min(self.MAXIMUM, self.scale * 2)
             self.clean_steps = 0
         return True
 

@@ -15,8 +15,7 @@ from .checkpoint import (checkpoint_paths, complete_epochs, complete_positions, 
                          load_weights, prune, refuse_foreign_files, remove_leftovers, save_checkpoint)
 from .plan import TrainingPlan, data_folder, format_rows, make_plan
 from .precision import LossScaler, resolve_precision
-from .trainer import (EpochProgress, Run, _loader, build_net, build_trainer, capped_steps, evaluate,
-                      result_steps, train_epoch)
+from .trainer import (EpochProgress, Run, _loader, build_net, build_trainer, capped_steps, evaluate, train_epoch)
 
 
 def _train_images(config: Config, settings: DataSettings) -> int:

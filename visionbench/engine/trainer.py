@@ -223,8 +223,9 @@ def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgre
                 first_device_grads = [p.list_grad()[0] for p in net.collect_params().values()
                                       if p.grad_req != "null"]
             finite = bool(all_finite(first_device_grads).asscalar())   # the step's one host read
+        used_scale = scaler.scale   # the scale this step's backward ran with; update() may change it
         if scaler.update(finite):
-            trainer.update(update_batch * scaler.scale)
+            trainer.update(update_batch * used_scale)   # unscales the gradients exactly once
         for total, step_sum in zip(loss_sums, step_sums):
             total += step_sum
         images += sum(data.shape[0] - pad for data, _, pad in step)
