@@ -8,40 +8,18 @@ import pytest
 
 from visionbench.cli import UsageError
 from visionbench.data.loader import make_loader
-from visionbench.data.recordio import RecordReader, RecordSetWriter
+from visionbench.data.recordio import RecordReader
 from visionbench.data.spec import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, Augment, LoaderSpec
+from visionbench.selftest import colour_index, colour_jpeg, write_colour_set
 
-# Solid-colour images whose colour spells their index: any crop, flip or
-# resize of one keeps the colour, so every output sample says which record
-# it came from. Sizes vary, so resizing, cropping and rect val all matter.
-SHAPES = [(40, 52), (52, 40), (48, 48), (44, 60), (60, 36)]   # (height, width)
-STEP = 12   # colour levels per index digit: robust to JPEG and resize rounding
-
-
-def index_colour(i):
-    return (STEP * (i % 20) + 8, STEP * (i // 20) + 8, 128)
+# Solid-colour images whose colour spells their index (visionbench.selftest,
+# which checks pipelines the same way): any crop, flip or resize of one keeps
+# the colour, so every output sample says which record it came from. Sizes
+# vary, so resizing, cropping and rect val all matter.
 
 
-def colour_index(rgb):
-    r, g = (np.asarray(rgb[:2]) - 8) / STEP
-    return int(round(g)) * 20 + int(round(r))
-
-
-def write_set(prefix, count, labels=None, payload_of=None):
-    with RecordSetWriter(prefix) as writer:
-        for i in range(count):
-            if payload_of is not None:
-                payload = payload_of(i)
-            else:
-                h, w = SHAPES[i % len(SHAPES)]
-                image = np.empty((h, w, 3), np.uint8)
-                image[:] = index_colour(i)
-                payload = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-            writer.write(labels[i] if labels else i, payload, f"x/{i}.jpg")
-        writer.finish(tool="folder_to_rec", source="test", classes=[str(i) for i in range(count)],
-                      options={"resize": None, "quality": 95, "workers": 1, "shuffle": False,
-                               "seed": 0, "strict": True}, seconds=0.1)
-    return prefix
+def write_set(prefix, count, labels=None, payload_of=colour_jpeg):
+    return write_colour_set(prefix, count, labels=labels, payload_of=payload_of)
 
 
 @pytest.fixture(scope="module")
@@ -252,12 +230,7 @@ def test_record_that_is_not_an_image_is_named(tmp_path):
 def _with_garbage(prefix, count, bad):
     """The coloured set with the records in ``bad`` replaced by bytes that are no image."""
     def payload(i):
-        if i in bad:
-            return b"not a jpeg at all"
-        h, w = SHAPES[i % len(SHAPES)]
-        image = np.empty((h, w, 3), np.uint8)
-        image[:] = index_colour(i)
-        return cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+        return b"not a jpeg at all" if i in bad else colour_jpeg(i)
     return write_set(prefix, count, payload_of=payload)
 
 

@@ -14,7 +14,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_small_demo, one_line_error, run_runner
+from conftest import ROOT, one_line_error, run_runner
 from visionbench.config import Config
 from visionbench.engine.plan import make_plan
 from visionbench.engine.precision import LossScaler, Precision, resolve_precision
@@ -148,8 +148,8 @@ def test_precision_rules():
 
 
 @pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    return make_small_demo(tmp_path_factory.mktemp("demo") / "d", 16)
+def tiny_demo(trained_demo):
+    return trained_demo[0]   # the session's small demo set (80 train, 40 val images), only read
 
 
 def _train_args(data, prefix, *extra):

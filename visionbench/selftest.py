@@ -53,21 +53,26 @@ def colour_index(rgb) -> int:
     return int(round(green)) * 20 + int(round(red))
 
 
-def write_colour_set(prefix: Path, count: int = SET_IMAGES, labels=None) -> Path:
-    """A RecordIO set of solid-colour JPEGs of varied shapes; record i has
-    label ``labels[i]`` (default i) and the colour index_colour(i)."""
+def colour_jpeg(index: int) -> bytes:
+    """A solid JPEG of colour index_colour(index), of one of SET_SIZES."""
     import cv2
     import numpy as np
 
+    height, width = SET_SIZES[index % len(SET_SIZES)]
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = index_colour(index)
+    return cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+
+
+def write_colour_set(prefix: Path, count: int = SET_IMAGES, labels=None, payload_of=colour_jpeg) -> Path:
+    """A RecordIO set of ``count`` records: record i holds ``payload_of(i)``
+    (by default a solid JPEG of colour index_colour(i)) and label
+    ``labels[i]`` (default i)."""
     from .data.recordio import RecordSetWriter
 
     with RecordSetWriter(prefix) as writer:
         for i in range(count):
-            height, width = SET_SIZES[i % len(SET_SIZES)]
-            image = np.empty((height, width, 3), np.uint8)
-            image[:] = index_colour(i)
-            jpeg = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-            writer.write(labels[i] if labels else i, jpeg, f"colour/{i}.jpg")
+            writer.write(labels[i] if labels else i, payload_of(i), f"colour/{i}.jpg")
         writer.finish(tool="self_test", source="generated", classes=[str(i) for i in range(count)],
                       options={"resize": None, "quality": 95, "workers": 1, "shuffle": False, "seed": 0,
                                "strict": True}, seconds=0.1)
