@@ -174,6 +174,25 @@ def test_a_killed_checkpoint_write_leaves_only_what_the_next_start_removes(tmp_p
     checkpoint.refuse_foreign_files(prefix)
 
 
+def test_partial_files_of_a_killed_meta_or_journal_write_are_removed_at_the_next_start(tmp_path, net_and_trainer):
+    """kill -9 inside write_text_atomic of PREFIX-EEEE.json or of the journal
+    leaves .NAME.partial-PID; the next start removes it when PID is gone, and
+    leaves a live writer's alone."""
+    net, trainer = net_and_trainer
+    prefix = tmp_path / "m"
+    checkpoint.save_checkpoint(net, trainer, prefix, 1, _meta(1))
+    before = _folder(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()   # its PID belongs to no process now
+    for name in (f".m-0002.json.partial-{dead.pid}", f".{checkpoint.journal_path(prefix).name}.partial-{dead.pid}"):
+        (tmp_path / name).write_text("{")
+    live = tmp_path / f".m-0002.json.partial-{os.getpid()}"
+    live.write_text("{")
+    checkpoint.remove_leftovers(prefix)
+    live.unlink()
+    assert _folder(tmp_path) == before
+
+
 def test_a_real_write_failure_through_the_runner(tmp_path):
     # A file-size limit (ulimit -f, in KiB) below a checkpoint's .params: the
     # second checkpoint cannot be written.

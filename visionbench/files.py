@@ -32,6 +32,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def is_dead_partial(path: Path) -> bool:
+    """A partial file (``.NAME.partial-PID``) whose writer is gone."""
+    match = _PARTIAL.match(path.name)
+    return bool(match) and not _pid_alive(int(match["pid"]))
+
+
 def remove_stale_partials(final_paths: Iterable[Path]) -> list[Path]:
     """Delete partial files of the given outputs left by processes that died."""
     removed = []

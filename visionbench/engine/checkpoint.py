@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from ..cli import RunFailure, UsageError
-from ..files import fsync_dir, partial_path, write_text_atomic
+from ..files import fsync_dir, is_dead_partial, partial_path, write_text_atomic
 
 _META = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{4})(-(?P<iteration>\d{6}))?\.json$")
 # What a visionbench meta file holds, at least (load_meta's users read these).
@@ -202,6 +202,9 @@ def remove_leftovers(prefix: Path) -> List[Path]:
         return []
     leftovers = [path for pattern in (f".{prefix.name}.partial-*", f"{prefix.name}-*.states.partial")
                  for path in prefix.parent.glob(pattern)]
+    # the .json of a checkpoint and the journal are written under .NAME.partial-PID (files.write_text_atomic)
+    leftovers += [path for pattern in (f".{prefix.name}-*.json.partial-*", f".{journal_path(prefix).name}.partial-*")
+                  for path in prefix.parent.glob(pattern) if is_dead_partial(path)]
     journal = journal_path(prefix)
     if journal.exists():
         listed = _journal_listed(prefix)
