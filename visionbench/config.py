@@ -52,7 +52,15 @@ class Config:
                                               "(None: dali-gpu on GPUs, dali-cpu on CPUs)")
     batch_size: int = option(192, "-b", "--batch-size", metavar="B", help="images per device per step")
     image_size: int = option(224, "--image-size", metavar="S", help="network input side, pixels")
-    dtype: str = option("float32", "--dtype", choices=("float32", "float16"), help="training precision")
+    dtype: str = option("float32", "--dtype", choices=("float32", "float16", "int8"),
+                        help="precision: float32, float16 (GPUs), or int8 (--mode val and inference on CPUs: "
+                             "the float32 model quantized by MXNet's oneDNN quantization after calibration)")
+    calib_images: int = option(200, "--calib-images", metavar="N",
+                               help="--dtype int8: images the float32 model runs on to set the INT8 ranges "
+                                    "(read from the val set; synthetic batches with --data-backend synthetic)")
+    calib_mode: str = option("naive", "--calib-mode", choices=("naive", "entropy"),
+                             help="--dtype int8: ranges from each layer's min/max (naive) or minimizing the KL "
+                                  "divergence of the quantized distribution (entropy: slower)")
     input_layout: str = option("NCHW", "--input-layout", choices=("NCHW", "NHWC"),
                                help="layout of the batches the pipeline emits")
     augment: str = option("imagenet", "--augment", choices=("imagenet", "cifar"),
@@ -254,6 +262,15 @@ def check(config: Config) -> None:
                          f"{config.num_epochs}), got {config.benchmark_warmup_epochs}: nothing would be timed")
     if config.benchmark and config.mode != "train":
         raise UsageError(f"--benchmark measures training: use it with --mode train, not --mode {config.mode}")
+    if config.dtype == "int8" and config.mode not in ("val", "inference"):
+        raise UsageError(f"--dtype int8 quantizes a trained float32 model for inference: use it with --mode val "
+                         f"or inference, not --mode {config.mode} (train in float32 or float16)")
+    if config.dtype == "int8" and config.input_layout != "NCHW":
+        raise UsageError("--dtype int8 quantizes the NCHW graph (MXNet 1.9.1's oneDNN INT8 convolutions take "
+                         "NCHW): use --input-layout NCHW")
+    if config.calib_images < 1:
+        raise UsageError(f"calib-images must be at least 1 (INT8 ranges come from the float32 model's outputs "
+                         f"on these images), got {config.calib_images}")
     if config.disp_batches < 0:
         raise UsageError(f"disp-batches must be 0 or more, got {config.disp_batches}")
     if config.warmup_iterations < 0:
@@ -319,6 +336,12 @@ def check_data_root(config: Config) -> None:
     if config.data_backend != "synthetic" and not config.data_root:
         raise UsageError(f"--data-backend {config.data_backend or 'dali'} reads --data-root DIR; "
                          "give one, or use --data-backend synthetic")
+
+
+def input_dtype(config: Config) -> str:
+    """The dtype of the batches the pipeline emits: float16 for float16
+    models; float32 otherwise (an INT8 model quantizes its float32 input itself)."""
+    return "float16" if config.dtype == "float16" else "float32"
 
 
 def lr_steps(config: Config) -> tuple:

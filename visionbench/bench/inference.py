@@ -1,8 +1,10 @@
 """``--mode inference``: forward passes of a hybridized model with static
 memory, timed per batch. On CPUs the graph is fused for oneDNN (MXNet's
 ``optimize_for(backend="MKLDNN")``: convolution, BatchNorm, ReLU and the
-residual sum become one operator) unless ``--no-fuse-inference``; on GPUs it
-runs in the requested dtype and layout as hybridized.
+residual sum become one operator) unless ``--no-fuse-inference``; with
+``--dtype int8`` that fused graph is quantized after calibration
+(engine/quantize.py; calibration is not timed); on GPUs it runs in the
+requested dtype and layout as hybridized.
 
 What the figures include:
 - latency of a batch: from handing the batch (already in device memory) to
@@ -60,6 +62,8 @@ def inference_net(config: Config, devices, precision, sample_shape: tuple):
     from ..engine.trainer import build_net
 
     net = build_net(config, devices, precision)
+    if config.dtype == "int8":
+        return net   # quantize_net_v2 fuses it for oneDNN itself (its MKLDNN_QUANTIZE pass), then quantizes
     if config.fuse_inference and config.device == "cpu":
         sample = mx.nd.zeros(sample_shape, ctx=devices[0], dtype=precision.dtype)
         net.optimize_for(sample, backend="MKLDNN", static_alloc=True, static_shape=True)
@@ -79,13 +83,20 @@ def run_inference(config: Config, devices) -> int:
     side = config.image_size
     shape = (config.batch_size, 3, side, side) if config.input_layout == "NCHW" else (config.batch_size, side, side, 3)
     net = inference_net(config, devices, precision, shape)
+    calibration = None
+    if config.dtype == "int8":
+        from ..engine.quantize import int8_net
+
+        net, calibration = int8_net(net, loader, config, devices)
     per_epoch = config.iterations or len(loader)
     warmup = config.benchmark_warmup_epochs * per_epoch
     timed = (config.num_epochs - config.benchmark_warmup_epochs) * per_epoch
     result = measure_inference(net, steps_forever(loader), warmup, timed)
     result["devices"] = len(devices)
+    result["calibration"] = calibration.to_dict() if calibration else None
     latency = result["latency_ms"]
-    print(f"inference {config.device} x{len(devices)} batch {config.batch_size} {config.dtype}: "
+    print(f"inference {config.device} x{len(devices)} batch {config.batch_size} {config.dtype}"
+          f"{f' ({calibration.describe()})' if calibration else ''}: "
           f"{result['ips']:.1f} img/s over {result['timed_images']} images in {timed} steps "
           f"({result['timed_s']:.2f} s, after {warmup} warm-up steps); latency per batch, ms: "
           f"mean {latency['mean']:.2f} p50 {latency['p50']:.2f} p90 {latency['p90']:.2f} "

@@ -24,7 +24,7 @@ from .timing import find_result
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = ROOT / "runner"
-DTYPES = ("float16", "float32")
+DTYPES = ("float16", "float32", "int8")
 # Flags benchmark.py sets for every point itself; passing them through would contradict it.
 OWN_FLAGS = {"--mode", "--benchmark", "--benchmark-warmup-epochs", "--report", "--dawn-tsv", "--model-prefix",
              "--print-schedule", "--config"}
@@ -46,7 +46,7 @@ def dtype_list(text: str) -> List[str]:
     values = [part.strip() for part in text.split(",") if part.strip()]
     bad = [v for v in values if v not in DTYPES]
     if not values or bad:
-        raise argparse.ArgumentTypeError(f"expected float16 and/or float32 separated by commas, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected float16, float32 and/or int8 separated by commas, got {text!r}")
     return list(dict.fromkeys(values))
 
 
@@ -60,7 +60,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("-b", "--batch-size", type=int_list, required=True, metavar="LIST",
                         help="images per device per step, e.g. 64,128,208")
     parser.add_argument("--dtype", type=dtype_list, metavar="LIST",
-                        help="float16,float32 (default: both on GPUs, float32 on CPUs)")
+                        help="float16,float32 (GPUs), float32,int8 (CPUs; int8 with --only-inference) "
+                             "(default: float16,float32 on GPUs, float32 on CPUs)")
     parser.add_argument("-i", "--iterations", type=int, default=100, metavar="I", help="steps per epoch (default 100)")
     parser.add_argument("-e", "--num-epochs", type=int, default=2, metavar="E", help="epochs per point (default 2)")
     parser.add_argument("-w", "--warmup-epochs", type=int, default=1, metavar="W",
@@ -205,7 +206,7 @@ def record_of(ngpus: int, batch: int, dtype: str, command: List[str], outcome: d
             "error": outcome["error"], "ips": outcome.get("ips"), "latency_ms": latency,
             "weak_scaling": None, "speedup_vs_float32": None, "timed_images": outcome.get("timed_images"),
             "timed_iterations": outcome.get("timed_iterations"), "timed_s": outcome.get("timed_s"),
-            "wall_s": outcome["wall_s"], "command": shlex.join(command)}
+            "wall_s": outcome["wall_s"], "calibration": outcome.get("calibration"), "command": shlex.join(command)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -218,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     device = resolve_device(args)   # first: a machine without GPUs hears that before anything else
     check_args(args, extra)
-    dtypes = args.dtype or (list(DTYPES) if device == "gpu" else ["float32"])
+    dtypes = args.dtype or (["float16", "float32"] if device == "gpu" else ["float32"])
     points = [(n, b, dtype) for dtype in dtypes for n in args.ngpus for b in args.batch_size]
     for n, b, dtype in points:   # every point's flags are valid before the first one runs
         resolve(point_argv(args, device, n, b, dtype, extra), prog="benchmark.py (runner flags)")

@@ -80,10 +80,12 @@ class LoaderSpec:
 def loader_spec(config: "Config", split: str, devices, rank: int = 0, num_workers: int = 1) -> LoaderSpec:
     """The loader's explicit arguments for one split of a run's resolved
     config: the adapter from the configuration to the data layer."""
+    from ..config import input_dtype
+
     return LoaderSpec(
         prefix=config.data_prefix[split], train=(split == "train"), batch_size=config.batch_size,
         image_size=config.image_size, devices=devices, backend=config.data_backend,
-        dtype=config.dtype, layout=config.input_layout, rank=rank, num_workers=num_workers,
+        dtype=input_dtype(config), layout=config.input_layout, rank=rank, num_workers=num_workers,
         augment=Augment(recipe=config.augment, min_scale=config.min_random_area, rect_val=config.rect_val),
         seed=config.seed, threads=config.dali_threads, num_classes=config.num_classes,
         synthetic_images=config.num_examples, bad_records=config.bad_records)

@@ -40,3 +40,24 @@ def cpu_model() -> str:
     except OSError:
         pass
     return f"{name} ({os.cpu_count()} cores)"
+
+
+# Instruction sets that decide which CPU kernels oneDNN and PyTorch pick for
+# INT8 (VNNI, AMX) and bfloat16 (AVX512-BF16, AMX): named beside CPU figures.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def cpu_isa() -> str:
+    """Which of ISA_FLAGS this CPU has, as "avx2 avx512f ... (no avx512_vnni, ...)"."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return "instruction sets unknown (no /proc/cpuinfo)"
+    have = [flag for flag in ISA_FLAGS if flag in flags]
+    lacking = [flag for flag in ISA_FLAGS if flag not in flags]
+    return " ".join(have) + (f" (no {', '.join(lacking)})" if lacking else "")

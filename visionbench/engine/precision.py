@@ -22,6 +22,11 @@ class Precision:
 def resolve_precision(dtype: str, device: str, loss_scale: Optional[str]) -> Precision:
     """float16: the model is cast (Gluon keeps BatchNorm parameters float32),
     SGD keeps float32 master weights, the loss is scaled. float32: none of that."""
+    if dtype == "int8":
+        from .quantize import refuse_int8_device
+
+        refuse_int8_device(device)
+        return Precision("float32", False, 1.0, False)   # the float32 model, quantized after calibration
     if dtype == "float32":
         return Precision("float32", False, 1.0, False)
     if device == "cpu":

@@ -354,6 +354,27 @@ def score(config: Config, devices) -> int:
     load_weights(net, prefix, epoch, devices, cast=True)   # a float16 GPU checkpoint scores on a CPU too
     loader = _loader(config, "val", settings, devices, 0, 1, {})
     scores = evaluate(net, loader)
-    print(f"{prefix}-{epoch:04d}: val top-1 {scores['val_top1']:.4f} top-5 {scores['val_top5']:.4f} "
-          f"over {scores['val_images']} images, {scores['val_ips']:.1f} img/s", flush=True)
+    name = f"{prefix}-{epoch:04d}"
+    if config.dtype != "int8":
+        print(f"{name}: {_scores_text(scores)}", flush=True)
+        return 0
+    from dataclasses import replace
+
+    from .quantize import int8_net
+
+    print(f"{name} float32: {_scores_text(scores)}", flush=True)
+    # Calibration batches are square center crops, even when val batches are rectangular.
+    square = replace(settings, rect_val=False)
+    calib_loader = loader if not settings.rect_val else _loader(replace(config, rect_val=False), "val", square,
+                                                                 devices, 0, 1, {})
+    qnet, calibration = int8_net(net, calib_loader, config, devices, checkpoint_paths(prefix, epoch)["params"])
+    quantized = evaluate(qnet, loader)
+    print(f"{name} int8 ({calibration.describe()}): {_scores_text(quantized)}; top-1 "
+          f"{quantized['val_top1'] - scores['val_top1']:+.4f} and top-5 {quantized['val_top5'] - scores['val_top5']:+.4f} "
+          "against float32", flush=True)
     return 0
+
+
+def _scores_text(scores: dict) -> str:
+    return (f"val top-1 {scores['val_top1']:.4f} top-5 {scores['val_top5']:.4f} over {scores['val_images']} images, "
+            f"{scores['val_ips']:.1f} img/s")

@@ -38,7 +38,8 @@ WHAT_IS_TIMED = {
               "mx.nd.waitall(). Weak scaling: img/s(n) / (n x img/s(1)) at the same batch per device and dtype."),
     "inference": ("latency: one batch already in device memory through the hybridized network (static memory) "
                   "until every device's output is ready; no data loading. img/s: timed images / wall time of the "
-                  "timed iterations (the warm-up epochs are run but not timed)."),
+                  "timed iterations (the warm-up epochs are run but not timed). int8: the float32 model quantized "
+                  "after calibration, which is not timed (see INT8 calibration below)."),
 }
 
 
@@ -54,6 +55,16 @@ def markdown(report: dict, tables: Dict[str, object]) -> str:
     failed = failures(report["results"])
     if failed:
         lines += ["## Points that failed", ""] + [f"- {line}" for line in failed] + [""]
+    calibrated = [r for r in report["results"] if r.get("calibration")]
+    if calibrated:
+        lines += ["## INT8 calibration", ""]
+        for r in calibrated:
+            c = r["calibration"]
+            note = (" (synthetic batches: fine for speed, but the ranges say nothing of real images)"
+                    if c["source"] == "synthetic" else "")
+            lines += [f"- n {r['ngpus']}, batch {r['batch_size']}: {c['mode']} calibration on {c['images']} "
+                      f"{c['source']} images, {c['seconds']:.1f} s{note}"]
+        lines += [""]
     lines += ["## Commands", "", "Each point's exact command; rerunning one prints its figures again "
               "(last line, `benchmark-result:`).", ""]
     for r in report["results"]:

@@ -26,7 +26,9 @@ def _ok_frame(results: List[dict]):
 def benchmark_tables(report: dict) -> Dict[str, object]:
     """Training: per batch size, rows = device count, columns = img/s per
     dtype, float16 speedup, weak scaling per dtype. Inference: per device
-    count and dtype, rows = batch size, columns = img/s and latency (ms)."""
+    count and dtype, rows = batch size, columns = img/s and latency (ms);
+    with several dtypes, also per device count: img/s of each dtype side by
+    side and each one's ratio to float32 (int8/float32, float16/float32)."""
     import pandas as pd
 
     frame = _ok_frame(report["results"])
@@ -53,7 +55,26 @@ def benchmark_tables(report: dict) -> Dict[str, object]:
                            latency.add_suffix(" ms")], axis=1).sort_index()
         table.index.name = "batch"
         tables[f"Inference, {ngpus} device(s), {dtype}"] = table
+    for ngpus, part in frame.groupby("ngpus"):
+        dtypes = _dtype_order(part["dtype"].unique())
+        if len(dtypes) < 2:
+            continue
+        wide = part.pivot(index="batch_size", columns="dtype", values=["ips", "speedup_vs_float32"])
+        table = pd.DataFrame(index=wide.index)
+        for dtype in dtypes:
+            table[f"img/s {dtype}"] = wide[("ips", dtype)]
+        for dtype in dtypes:
+            if dtype != "float32" and "float32" in dtypes:
+                table[f"{dtype}/float32"] = wide[("speedup_vs_float32", dtype)]
+        table.index.name = "batch"
+        tables[f"Inference, {ngpus} device(s), by dtype"] = table
     return tables
+
+
+def _dtype_order(dtypes) -> List[str]:
+    """float32 first: the column every ratio is taken against."""
+    order = ("float32", "float16", "int8")
+    return sorted(dtypes, key=order.index)
 
 
 def failures(results: List[dict]) -> List[str]:

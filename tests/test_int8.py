@@ -1,0 +1,191 @@
+"""--dtype int8: MXNet's oneDNN quantization of the float32 model, calibrated
+on real val images (or synthetic batches), scored and timed on the CPU."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_runner, validate_with_the_schema_file_alone
+
+SCORE = re.compile(r"(?P<name>\S+) (?P<dtype>float32|int8)(?: \((?P<how>[^)]*(?:\)[^)]*)?)\))?: val top-1 "
+                   r"(?P<top1>[0-9.]+) top-5 (?P<top5>[0-9.]+) over (?P<images>\d+) images")
+
+
+def scores(stdout: str) -> dict:
+    found = {m["dtype"]: m for m in map(SCORE.match, stdout.splitlines()) if m}
+    assert set(found) == {"float32", "int8"}, stdout
+    return found
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """ResNet18 v1.5 at 32 px trained for 5 epochs (about 30 s) on a set it
+    learns fast: solid colours whose green level spells the class (the
+    self-test's colour set), 400 train and 400 val images, so that one point
+    of top-1 is 4 images."""
+    from visionbench.selftest import write_colour_set
+
+    folder = tmp_path_factory.mktemp("int8")
+    data = folder / "colours"
+    data.mkdir()
+    labels = [(index // 20) // 2 for index in range(400)]   # green levels 0..19 -> classes 0..9
+    for split in ("train", "val"):
+        write_colour_set(data / split, 400, labels=labels)
+    prefix = folder / "m"
+    result = run_runner("--device", "cpu", "-n", "1", "-b", "32", "--data-root", data, "--image-size", "32",
+                        "--num-layers", "18", "--num-classes", "10", "-e", "5", "--lr", "0.1",
+                        "--warmup-epochs", "0", "--lr-schedule", "cosine", "--mode", "train", "--model-prefix", prefix)
+    assert result.returncode == 0, result.stderr
+    return data, prefix
+
+
+VAL_INT8 = ("--mode", "val", "--dtype", "int8", "--device", "cpu", "-n", "1", "-b", "32", "--image-size", "32",
+            "--num-layers", "18", "--num-classes", "10", "--load-epoch", "5")
+
+
+def score_int8(data, prefix, *extra):
+    """./runner --mode val --dtype int8, as a user types it."""
+    return run_runner(*VAL_INT8, "--data-root", data, "--model-prefix", prefix, *extra)
+
+
+def score_int8_here(capsys, data, prefix, *extra) -> dict:
+    """The same run in this process (no interpreter start-up: seconds per call); its scores."""
+    from visionbench.main import main
+
+    capsys.readouterr()
+    assert main([*VAL_INT8, "--data-root", str(data), "--model-prefix", str(prefix), *map(str, extra)]) == 0
+    return scores(capsys.readouterr().out)
+
+
+def test_int8_scores_within_one_point_of_float32_and_the_calibrated_model_is_reused(trained, capsys):
+    from visionbench.engine.checkpoint import complete_epochs, foreign_files
+
+    data, prefix = trained
+    checkpoint = prefix.parent / "m-0005.params"
+    before, epochs = checkpoint.read_bytes(), complete_epochs(prefix)
+    first = score_int8(data, prefix, "--calib-images", "200")
+    assert first.returncode == 0, first.stderr
+    got = scores(first.stdout)
+    float32, int8 = (float(got[d]["top1"]) for d in ("float32", "int8"))
+    assert got["int8"]["images"] == got["float32"]["images"] == "400"
+    assert float32 > 0.3, first.stdout   # a model that learned something, so that agreement means something
+    assert abs(int8 - float32) <= 0.01, first.stdout
+    assert "naive calibration on 200 val images" in got["int8"]["how"]
+    kept = sorted(p.name for p in prefix.parent.glob("m-0005.int8-naive-200-*"))
+    stem = kept[0].split(".")[1]   # int8-naive-200-KEY: one model, three files
+    assert kept == [f"m-0005.{stem}.json", f"m-0005.{stem}.params", f"m-0005.{stem}.symbol.json"], kept
+
+    again = score_int8_here(capsys, data, prefix, "--calib-images", "200")
+    assert "reused from m-0005.int8-naive-200-" in again["int8"]["how"], again
+    assert again["int8"]["top1"] == got["int8"]["top1"] and again["int8"]["top5"] == got["int8"]["top5"]
+
+    # other settings never pick up that model
+    other = score_int8_here(capsys, data, prefix, "--calib-images", "64")
+    assert "naive calibration on 64 val images" in other["int8"]["how"]
+
+    # the checkpoint is untouched, and a later training run on this prefix sees nothing foreign
+    assert checkpoint.read_bytes() == before
+    assert foreign_files(prefix) == [] and complete_epochs(prefix) == epochs == [4, 5]
+
+
+def test_a_damaged_saved_model_is_calibrated_again(trained, capsys):
+    data, prefix = trained
+    score_int8_here(capsys, data, prefix, "--calib-images", "32")
+    (params,) = prefix.parent.glob("m-0005.int8-naive-32-*.params")
+    params.write_bytes(params.read_bytes()[:100])
+    assert "reused" not in score_int8_here(capsys, data, prefix, "--calib-images", "32")["int8"]["how"]
+    # ... and replaced by a complete one
+    assert "reused" in score_int8_here(capsys, data, prefix, "--calib-images", "32")["int8"]["how"]
+
+
+def test_a_saved_model_from_other_weights_is_not_reused(trained, tmp_path, capsys):
+    """The key holds the checkpoint's digest: a retrained checkpoint of the same epoch calibrates anew."""
+    import shutil
+
+    import mxnet as mx
+
+    data, prefix = trained
+    score_int8_here(capsys, data, prefix, "--calib-images", "16")
+    copy = tmp_path / "m"
+    for path in prefix.parent.glob("m-*"):
+        shutil.copy(path, tmp_path / path.name)
+    assert "reused" in score_int8_here(capsys, data, copy, "--calib-images", "16")["int8"]["how"]
+    weights = mx.nd.load(str(tmp_path / "m-0005.params"))
+    name = sorted(weights)[0]
+    weights[name] = weights[name] * 0.5
+    mx.nd.save(str(tmp_path / "m-0005.params"), weights)
+    assert "reused" not in score_int8_here(capsys, data, copy, "--calib-images", "16")["int8"]["how"]
+
+
+def test_int8_inference_on_val_images_reports_its_calibration(trained):
+    data, _ = trained
+    result = run_runner("--mode", "inference", "--dtype", "int8", "--device", "cpu", "-n", "2", "-b", "16",
+                        "--data-root", data, "--image-size", "32", "--num-layers", "18", "--num-classes", "10",
+                        "-i", "3", "-e", "2", "--calib-images", "48", "--calib-mode", "entropy")
+    assert result.returncode == 0, result.stderr
+    from visionbench.bench.timing import find_result
+
+    outcome = find_result(result.stdout)
+    assert outcome["calibration"]["source"] == "val" and outcome["calibration"]["images"] == 48
+    assert outcome["calibration"]["mode"] == "entropy" and outcome["calibration"]["reused"] is None
+    assert outcome["timed_images"] == 3 * 2 * 16
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mode", "train"], "--dtype int8 quantizes a trained float32 model for inference"),
+    (["--mode", "train_val"], "use it with --mode val or inference, not --mode train_val"),
+    (["--mode", "inference", "--calib-images", "0"], "calib-images must be at least 1"),
+    (["--mode", "inference", "--input-layout", "NHWC"], "use --input-layout NCHW"),
+    (["--mode", "inference", "--calib-mode", "minmax"], "invalid choice: 'minmax'"),
+])
+def test_int8_refusals(argv, message):
+    result = run_runner("--dtype", "int8", "--device", "cpu", "--data-backend", "synthetic", *argv)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_int8_on_gpus_is_refused():
+    from visionbench.cli import UsageError
+    from visionbench.engine.precision import resolve_precision
+
+    assert resolve_precision("int8", "cpu", None).dtype == "float32"   # the float32 model is what gets quantized
+    with pytest.raises(UsageError, match="--dtype int8 runs on CPUs"):
+        resolve_precision("int8", "gpu", None)
+
+
+def test_int8_sweep_reports_both_dtypes_and_their_ratio(tmp_path):
+    report_path = tmp_path / "r.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmark.py"), "--device", "cpu", "-n", "1", "-b", "16",
+         "--dtype", "float32,int8", "--only-inference", "--num-layers", "18", "--image-size", "32",
+         "-i", "4", "-e", "2", "--num-classes", "10", "--calib-images", "32", "-o", report_path],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    validate_with_the_schema_file_alone(report, "benchmark_report")
+    points = {r["dtype"]: r for r in report["results"]}
+    assert set(points) == {"float32", "int8"} and all(r["status"] == "ok" for r in points.values()), points
+    assert points["int8"]["calibration"]["source"] == "synthetic" and points["float32"]["calibration"] is None
+    ratio = points["int8"]["ips"] / points["float32"]["ips"]
+    assert points["int8"]["speedup_vs_float32"] == pytest.approx(ratio)
+    markdown = report_path.with_suffix(".md").read_text()
+    row = re.search(r"\|\s*16 \|\s*([0-9.]+) \|\s*([0-9.]+) \|\s*([0-9.]+) \|", markdown.split("by dtype")[1])
+    assert row and float(row[3]) == pytest.approx(ratio, rel=1e-3), markdown
+    assert "int8/float32" in markdown and "synthetic batches" in markdown
+
+
+def test_importing_visionbench_never_imports_torch():
+    """PyTorch is a benchmark-only extra: every module of the package but the
+    benchmark's own PyTorch model imports without it."""
+    code = ("import pkgutil, importlib, sys, visionbench\n"
+            "for m in pkgutil.walk_packages(visionbench.__path__, 'visionbench.'):\n"
+            "    if m.name not in ('visionbench.bench.torch_resnet',) and not m.name.endswith('__main__'):\n"
+            "        importlib.import_module(m.name)\n"
+            "print('torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False", result.stdout
