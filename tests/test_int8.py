@@ -141,9 +141,10 @@ def test_int8_inference_on_val_images_reports_its_calibration(trained):
     (["--mode", "inference", "--calib-images", "0"], "calib-images must be at least 1"),
     (["--mode", "inference", "--input-layout", "NHWC"], "use --input-layout NCHW"),
     (["--mode", "inference", "--calib-mode", "minmax"], "invalid choice: 'minmax'"),
+    (["--mode", "val", "--device", "gpu"], "--dtype int8 runs on CPUs"),
 ])
 def test_int8_refusals(argv, message):
-    result = run_runner("--dtype", "int8", "--device", "cpu", "--data-backend", "synthetic", *argv)
+    result = run_runner("--dtype", "int8", "--data-backend", "synthetic", *(argv if "--device" in argv else [*argv, "--device", "cpu"]))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
 
@@ -189,3 +190,21 @@ def test_importing_visionbench_never_imports_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False", result.stdout
+
+
+def test_a_failed_calibration_is_one_line_and_exit_1(tmp_path):
+    """Entropy calibration on a machine without scipy (here: a scipy that
+    cannot be imported, ahead of the real one on the path)."""
+    shadow = tmp_path / "shadow" / "scipy"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no scipy on this machine')\n")
+    result = subprocess.run(
+        ["bash", str(ROOT / "runner"), "--mode", "inference", "--dtype", "int8", "--device", "cpu", "-b", "8",
+         "--data-backend", "synthetic", "--num-layers", "18", "--image-size", "32", "--num-classes", "10",
+         "-i", "2", "-e", "2", "--calib-images", "8", "--calib-mode", "entropy"],
+        capture_output=True, text=True, timeout=120,
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(shadow.parent)})
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("train.py: error: INT8 calibration (entropy, 8 images) failed: scipy.stats is "
+                                    "required"), result.stderr

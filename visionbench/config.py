@@ -265,6 +265,8 @@ def check(config: Config) -> None:
     if config.dtype == "int8" and config.mode not in ("val", "inference"):
         raise UsageError(f"--dtype int8 quantizes a trained float32 model for inference: use it with --mode val "
                          f"or inference, not --mode {config.mode} (train in float32 or float16)")
+    if config.dtype == "int8" and config.device == "gpu":   # (--device left to resolve: refused with the same line later)
+        refuse_int8_device("gpu")
     if config.dtype == "int8" and config.input_layout != "NCHW":
         raise UsageError("--dtype int8 quantizes the NCHW graph (MXNet 1.9.1's oneDNN INT8 convolutions take "
                          "NCHW): use --input-layout NCHW")
@@ -336,6 +338,13 @@ def check_data_root(config: Config) -> None:
     if config.data_backend != "synthetic" and not config.data_root:
         raise UsageError(f"--data-backend {config.data_backend or 'dali'} reads --data-root DIR; "
                          "give one, or use --data-backend synthetic")
+
+
+def refuse_int8_device(device: str) -> None:
+    """Checked here when --device is given, and by resolve_precision once it is resolved."""
+    if device != "cpu":
+        raise UsageError("--dtype int8 runs on CPUs (MXNet's INT8 operators are oneDNN ones): add --device cpu, "
+                         "or use --dtype float16 on GPUs")
 
 
 def input_dtype(config: Config) -> str:

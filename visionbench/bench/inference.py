@@ -65,6 +65,9 @@ def inference_net(config: Config, devices, precision, sample_shape: tuple):
     if config.dtype == "int8":
         return net   # quantize_net_v2 fuses it for oneDNN itself (its MKLDNN_QUANTIZE pass), then quantizes
     if config.fuse_inference and config.device == "cpu":
+        import os
+
+        os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")   # no "Subgraph backend MKLDNN is activated." line
         sample = mx.nd.zeros(sample_shape, ctx=devices[0], dtype=precision.dtype)
         net.optimize_for(sample, backend="MKLDNN", static_alloc=True, static_shape=True)
     return net

@@ -23,7 +23,7 @@ def resolve_precision(dtype: str, device: str, loss_scale: Optional[str]) -> Pre
     """float16: the model is cast (Gluon keeps BatchNorm parameters float32),
     SGD keeps float32 master weights, the loss is scaled. float32: none of that."""
     if dtype == "int8":
-        from .quantize import refuse_int8_device
+        from ..config import refuse_int8_device
 
         refuse_int8_device(device)
         return Precision("float32", False, 1.0, False)   # the float32 model, quantized after calibration

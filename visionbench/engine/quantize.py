@@ -58,12 +58,6 @@ class Calibration:
         return asdict(self)
 
 
-def refuse_int8_device(device: str) -> None:
-    if device != "cpu":
-        raise UsageError("--dtype int8 runs on CPUs (MXNet's INT8 operators are oneDNN ones): add --device cpu, "
-                         "or use --dtype float16 on GPUs")
-
-
 def calibration_images(loader, count: int):
     """The first ``count`` images the loader yields in its first epoch
     (padding left out), on the CPU, as one float32 NDArray."""
@@ -86,10 +80,13 @@ def calibration_images(loader, count: int):
     return mx.nd.concat(*batches, dim=0)[:count] if held > count else mx.nd.concat(*batches, dim=0)
 
 
-def quantize(float_net, images, mode: str, batch_size: int, devices):
+def quantize(float_net, images, mode: str, batch_size: int, devices, quantize_mode: str = "full",
+             exclude_layers: Optional[List[str]] = None):
     """The INT8 SymbolBlock of ``float_net`` (a float32 HybridBlock),
     calibrated on ``images`` (N x C x H x W float32, on the CPU), with its
-    parameters on every CPU context of ``devices``."""
+    parameters on every CPU context of ``devices``. ``quantize_mode`` and
+    ``exclude_layers`` (symbol names kept in float32) are MXNet's; the suite
+    runs "full" with nothing excluded (bench/int8_variants.py measures the others)."""
     import mxnet as mx
     from mxnet.contrib.quantization import quantize_net_v2
 
@@ -99,12 +96,15 @@ def quantize(float_net, images, mode: str, batch_size: int, devices):
     # a min/max and barely move a histogram), and exactly `count` images are counted.
     calib_batch = min(batch_size, count)
     data = mx.io.NDArrayIter(images, batch_size=calib_batch, last_batch_handle="pad", data_name="data")
+    # MXNet logs "Subgraph backend MKLDNN is activated." on each pass it applies unless told not to
+    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
     try:
         with warnings.catch_warnings():
             # quantize_net_v2 warns about its own parameter inference on every call
             warnings.simplefilter("ignore")
-            net = quantize_net_v2(float_net, quantized_dtype="auto", quantize_mode="full",
-                                  quantize_granularity="tensor-wise", calib_mode=mode, calib_data=data,
+            net = quantize_net_v2(float_net, quantized_dtype="auto", quantize_mode=quantize_mode,
+                                  quantize_granularity="tensor-wise", exclude_layers=exclude_layers,
+                                  calib_mode=mode, calib_data=data,
                                   num_calib_examples=count, ctx=mx.cpu())
     except Exception as err:  # noqa: BLE001 - MXNetError, ValueError, ImportError (entropy without scipy)
         lines = [line for line in str(err).strip().splitlines() if line.strip()]
