@@ -14,7 +14,7 @@ DEMO_TRAIN = --device cpu -n 1 -b 32 --data-root $(DEMO_DIR) --data-backend dali
 	--model-prefix $(RUN_DIR)/model --report $(RUN_DIR)/report.json --dawn-tsv $(RUN_DIR)/dawn.tsv
 
 # `make bench`: the CPU tables of docs/PERFORMANCE.md, one Markdown file per
-# path under $(BENCH_DIR) (under 10 minutes on a 2-core machine).
+# path under $(BENCH_DIR) (about 15 minutes on a 2-core machine).
 BENCH_DIR ?= runs/bench
 
 .PHONY: demo test test-gpu bench install clean-demo
@@ -67,7 +67,8 @@ bench: $(BENCH_STAMP)
 	$(PY) -m visionbench.bench.overhead --steps 6 --repeats 5 > $(BENCH_DIR)/1-training-overhead-resnet50.md && cat $(BENCH_DIR)/1-training-overhead-resnet50.md
 	$(PY) -m visionbench.bench.input_compare --images 1024 --steps 10 --warmup 3 --repeats 5 > $(BENCH_DIR)/2-input-pipelines.md && cat $(BENCH_DIR)/2-input-pipelines.md
 	$(PY) -m visionbench.bench.end_to_end --repeats 3 > $(BENCH_DIR)/2-end-to-end.md && cat $(BENCH_DIR)/2-end-to-end.md
-	$(PY) -m visionbench.bench.inference_compare --batch-sizes 1,8,32 --repeats 3 > $(BENCH_DIR)/3-inference.md && cat $(BENCH_DIR)/3-inference.md
+	$(PY) -m visionbench.bench.inference_compare --batch-sizes 1,16 --repeats 5 --int8 --pytorch > $(BENCH_DIR)/3-inference.md && cat $(BENCH_DIR)/3-inference.md
+	$(PY) -m visionbench.bench.int8_variants --batch-size 16 --repeats 5 > $(BENCH_DIR)/3-int8-variants.md && cat $(BENCH_DIR)/3-int8-variants.md
 	$(PY) -m visionbench.bench.prep_workers --images 3000 --repeats 5 > $(BENCH_DIR)/4-data-prep-workers.md && cat $(BENCH_DIR)/4-data-prep-workers.md
 
 clean-demo:
