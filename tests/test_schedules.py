@@ -5,7 +5,7 @@ import pytest
 
 from visionbench.cli import UsageError
 from visionbench.phases import DataSettings, parse_phases
-from visionbench.schedules import CosineSchedule, OneCycleSchedule, StepSchedule
+from visionbench.schedules import CosineSchedule, OneCycleSchedule, PolySchedule, StepSchedule
 
 IMAGENET18 = ("[{'ep': 0, 'sz': 128, 'bs': 512, 'trndir': '-sz/160'}, {'ep': (0, 7), 'lr': (1.0, 2.0)}, "
               "{'ep': (7, 13), 'lr': (2.0, 0.25)}, {'ep': 13, 'sz': 224, 'bs': 224, 'trndir': '-sz/320', "
@@ -30,6 +30,19 @@ def test_step_recipe_boundaries():
     assert schedule.at(89, 99, n) == pytest.approx((base * 0.001, 0.9))
     no_warmup = StepSchedule(base_lr=base, epochs=90, warmup_epochs=0)
     assert no_warmup.at(0, 0, n)[0] == pytest.approx(base)
+
+
+def test_poly_boundaries_against_hand_computed_values():
+    # MLPerf-style: base 10.0, warmup 2 epochs, 10 epochs of 4 iterations, end 1e-4, power 2
+    schedule = PolySchedule(base_lr=10.0, epochs=10, warmup_epochs=2, end_lr=1e-4, power=2.0, momentum=0.9)
+    assert schedule.at(0, 0, 4) == pytest.approx((10.0 * 0.25 / 2, 0.9))    # a quarter epoch into 2 of warmup
+    assert schedule.at(1, 3, 4)[0] == pytest.approx(10.0)                   # the end of the warmup: the peak
+    # t = 2.25 epochs past the warmup's end of 8: 1e-4 + (10 - 1e-4) * (1 - 0.25 / 8) ** 2
+    assert schedule.at(2, 0, 4)[0] == pytest.approx(1e-4 + (10 - 1e-4) * (31 / 32) ** 2)
+    assert schedule.at(5, 3, 4)[0] == pytest.approx(1e-4 + (10 - 1e-4) * 0.25)   # halfway: (1/2)^2
+    assert schedule.at(9, 3, 4)[0] == pytest.approx(1e-4)                   # the last iteration ends at end_lr
+    linear = PolySchedule(base_lr=1.0, epochs=4, warmup_epochs=0, end_lr=0.0, power=1.0)
+    assert [linear.at(e, 0, 1)[0] for e in range(4)] == pytest.approx([0.75, 0.5, 0.25, 0.0])
 
 
 def test_cosine_ends_at_zero():

@@ -114,8 +114,12 @@ class Config:
     num_epochs: int = option(90, "-e", "--num-epochs", metavar="E", help="epochs (ignored with --phases)")
     lr: float = option(0.1, "--lr", metavar="LR",
                        help="learning rate per 256 images: the base LR is lr x global batch / 256")
-    lr_schedule: str = option("step", "--lr-schedule", choices=("step", "cosine", "onecycle"),
-                              help="step: warmup + decays; cosine: warmup + cosine to 0; onecycle")
+    lr_schedule: str = option("step", "--lr-schedule", choices=("step", "cosine", "onecycle", "poly"),
+                              help="step: warmup + decays; cosine: warmup + cosine to 0; onecycle; poly: warmup + "
+                                   "end + (base - end) x (1 - t/T)^power to --end-lr (MLPerf's)")
+    end_lr: float = option(1e-4, "--end-lr", metavar="LR",
+                           help="poly schedule: the LR at the end of the last iteration (absolute, not per 256 images)")
+    lr_power: float = option(2.0, "--lr-power", metavar="P", help="poly schedule: the power of the decay (MLPerf: 2)")
     warmup_epochs: float = option(5.0, "--warmup-epochs", metavar="W", help="linear warmup from 0, epochs")
     lr_factor: float = option(0.1, "--lr-factor", metavar="F", help="step schedule: LR multiplier at each decay")
     lr_steps: str = option("30,60,80", "--lr-steps", metavar="E1,E2,..", help="step schedule: decay epochs")
@@ -281,7 +285,7 @@ def check(config: Config) -> None:
         raise UsageError(f"dali-threads must be at least 1, got {config.dali_threads}")
     if config.num_epochs < 1:
         raise UsageError(f"num-epochs must be at least 1, got {config.num_epochs}")
-    for name in ("lr", "wd", "warmup_epochs", "label_smoothing", "momentum"):
+    for name in ("lr", "wd", "warmup_epochs", "label_smoothing", "momentum", "end_lr", "lr_power"):
         if getattr(config, name) < 0:
             raise UsageError(f"{name.replace('_', '-')} must not be negative, got {getattr(config, name)}")
     if config.label_smoothing >= 1:

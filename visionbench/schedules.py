@@ -10,6 +10,10 @@ schedule keeps no state. The LR changes every iteration.
   for every decay epoch reached. ``warmup_epochs = 0`` starts at the base LR.
 - ``CosineSchedule``: the same warmup, then a half cosine from the base LR to
   0 at the end of the last iteration.
+- ``PolySchedule``: the same warmup, then MLPerf's polynomial decay
+  ``end + (base - end) * (1 - t / T) ** power`` where ``t`` is the progress
+  past the warmup and ``T`` the epochs after it, reaching ``end`` at the end
+  of the last iteration (power 2 under MLPerf's closed-division rules).
 - ``OneCycleSchedule``: Smith's one-cycle as PyTorch's ``OneCycleLR``
   (``three_phase=False``, cosine annealing) defines it over global steps
   ``s = 0 .. total - 1``: the LR rises from ``max_lr / div_factor`` to
@@ -67,6 +71,21 @@ class CosineSchedule(_WarmupSchedule):
         span = self.epochs - self.warmup_epochs
         fraction = min(1.0, (progress - self.warmup_epochs) / span) if span > 0 else 1.0
         return self.base_lr * 0.5 * (1 + math.cos(math.pi * fraction))
+
+
+@dataclass(frozen=True)
+class PolySchedule(_WarmupSchedule):
+    base_lr: float
+    epochs: int
+    warmup_epochs: float = 5
+    end_lr: float = 1e-4
+    power: float = 2.0
+    momentum: float = 0.9
+
+    def after_warmup(self, epoch: int, progress: float) -> float:
+        span = self.epochs - self.warmup_epochs
+        fraction = min(1.0, (progress - self.warmup_epochs) / span) if span > 0 else 1.0
+        return self.end_lr + (self.base_lr - self.end_lr) * (1 - fraction) ** self.power
 
 
 def _cosine_anneal(start: float, end: float, fraction: float) -> float:

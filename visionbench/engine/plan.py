@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Optional
 
 from ..config import Config, lr_steps
 from ..phases import DataSettings, Phases, parse_phases, trndir_folder
-from ..schedules import CosineSchedule, OneCycleSchedule, StepSchedule
+from ..schedules import CosineSchedule, OneCycleSchedule, PolySchedule, StepSchedule
 
 
 def base_data_settings(config: Config) -> DataSettings:
@@ -57,6 +57,9 @@ def make_plan(config: Config, devices_total: int, steps_of: Callable[[DataSettin
                                 config.lr_factor, config.momentum)
     elif config.lr_schedule == "cosine":
         schedule = CosineSchedule(base_lr, config.num_epochs, config.warmup_epochs, config.momentum)
+    elif config.lr_schedule == "poly":
+        schedule = PolySchedule(base_lr, config.num_epochs, config.warmup_epochs, config.end_lr, config.lr_power,
+                                config.momentum)
     else:
         schedule = OneCycleSchedule(base_lr, config.num_epochs, config.pct_start, config.div_factor,
                                     config.final_div_factor, config.mom_max, config.mom_min)
