@@ -69,14 +69,16 @@ def test_the_graph_contract_catches_batchnorm_cast_to_float16(monkeypatch):
 
 
 # ResNet50 (161 arrays) is checked by the self-test's float16 contract (tests/test_selftest.py).
-@pytest.mark.parametrize("model, nesterov", [("resnet18_v1.5", False), ("resnet9", True)])
-def test_float32_master_weights_for_every_float16_parameter(model, nesterov):
-    assert master_weight_problems(model, nesterov) == []
+@pytest.mark.parametrize("model, nesterov, optimizer", [("resnet18_v1.5", False, "sgd"), ("resnet9", True, "sgd"),
+                                                       ("resnet18_v1.5", False, "lars")])
+def test_float32_master_weights_for_every_float16_parameter(model, nesterov, optimizer):
+    assert master_weight_problems(model, nesterov, optimizer) == []
 
 
-def test_the_master_weight_contract_catches_plain_float16_updates(monkeypatch):
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_the_master_weight_contract_catches_plain_float16_updates(monkeypatch, optimizer):
     monkeypatch.setattr(float16_contract, "FLOAT16", replace(float16_contract.FLOAT16, multi_precision=False))
-    problems = master_weight_problems("resnet9")
+    problems = master_weight_problems("resnet9", optimizer=optimizer)
     assert problems and "has no float32 master weight" in problems[0]
 
 

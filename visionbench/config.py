@@ -123,6 +123,12 @@ class Config:
     warmup_epochs: float = option(5.0, "--warmup-epochs", metavar="W", help="linear warmup from 0, epochs")
     lr_factor: float = option(0.1, "--lr-factor", metavar="F", help="step schedule: LR multiplier at each decay")
     lr_steps: str = option("30,60,80", "--lr-steps", metavar="E1,E2,..", help="step schedule: decay epochs")
+    optimizer: str = option("sgd", "--optimizer", choices=("sgd", "lars"),
+                            help="sgd (Nesterov with --nesterov), or lars: SGD with momentum and a layer-wise trust "
+                                 "ratio, as MLPerf's ResNet-50 reference (BatchNorm parameters and biases neither "
+                                 "adapted nor decayed)")
+    lars_eta: float = option(0.001, "--lars-eta", metavar="ETA", help="lars: trust coefficient")
+    lars_epsilon: float = option(0.0, "--lars-epsilon", metavar="EPS", help="lars: added to the trust ratio's denominator")
     momentum: float = option(0.9, "--mom", "--momentum", metavar="M", help="SGD momentum")
     nesterov: bool = option(False, "--nesterov", help="Nesterov momentum")
     wd: float = option(1e-4, "--wd", metavar="WD", help="weight decay")
@@ -285,7 +291,10 @@ def check(config: Config) -> None:
         raise UsageError(f"dali-threads must be at least 1, got {config.dali_threads}")
     if config.num_epochs < 1:
         raise UsageError(f"num-epochs must be at least 1, got {config.num_epochs}")
-    for name in ("lr", "wd", "warmup_epochs", "label_smoothing", "momentum", "end_lr", "lr_power"):
+    if config.optimizer == "lars" and config.nesterov:
+        raise UsageError("--optimizer lars takes plain momentum (as MLPerf's reference); leave out --nesterov")
+    for name in ("lr", "wd", "warmup_epochs", "label_smoothing", "momentum", "end_lr", "lr_power", "lars_eta",
+                 "lars_epsilon"):
         if getattr(config, name) < 0:
             raise UsageError(f"{name.replace('_', '-')} must not be negative, got {getattr(config, name)}")
     if config.label_smoothing >= 1:

@@ -30,22 +30,23 @@ FLOAT16 = Precision("float16", True, LossScaler.INITIAL, True)
 OVERFLOW_MODELS = ("resnet18_v1.5", "resnet50_v1.5", "resnet101_v1.5", "resnet152_v1.5", "resnet9")
 
 
-def model_config(model: str, layout: str = "NCHW", nesterov: bool = False) -> Config:
+def model_config(model: str, layout: str = "NCHW", nesterov: bool = False, optimizer: str = "sgd") -> Config:
     """A Config that builds ``model`` (a registry name) as training would."""
     if model == "resnet9":
         return replace(Config(), arch="resnet9", num_classes=10, input_layout=layout, nesterov=nesterov,
-                       device="cpu", kv_store="device")
+                       optimizer=optimizer, device="cpu", kv_store="device")
     depth, version = model[len("resnet"):].split("_v")
     return replace(Config(), arch="resnetv15" if version == "1.5" else "resnetv1", num_layers=int(depth),
-                   num_classes=1000, input_layout=layout, nesterov=nesterov, device="cpu", kv_store="device")
+                   num_classes=1000, input_layout=layout, nesterov=nesterov, optimizer=optimizer, device="cpu",
+                   kv_store="device")
 
 
-def _float16_net(model: str, layout: str = "NCHW", nesterov: bool = False):
+def _float16_net(model: str, layout: str = "NCHW", nesterov: bool = False, optimizer: str = "sgd"):
     import mxnet as mx
 
     from .trainer import build_net
 
-    config = model_config(model, layout, nesterov)
+    config = model_config(model, layout, nesterov, optimizer)
     return config, build_net(config, [mx.cpu(0)], FLOAT16)
 
 
@@ -140,16 +141,16 @@ def float16_graph_problems(model: str, layout: str, image_size: int = 224, batch
     return problems
 
 
-def master_weight_problems(model: str, nesterov: bool = False) -> List[str]:
+def master_weight_problems(model: str, nesterov: bool = False, optimizer: str = "sgd") -> List[str]:
     """One real update of float16-cast ``model`` through the trainer training
-    builds (SGD or Nesterov, multi_precision): every float16 parameter must
-    get a float32 master copy equal to it, and every parameter must move."""
+    builds (SGD, Nesterov or LARS, multi_precision): every float16 parameter
+    must get a float32 master copy equal to it, and every parameter must move."""
     import mxnet as mx
     import numpy as np
 
     from .trainer import build_trainer
 
-    config, net = _float16_net(model, nesterov=nesterov)
+    config, net = _float16_net(model, nesterov=nesterov, optimizer=optimizer)
     trainer = build_trainer(replace(config, wd=1e-4), net, FLOAT16)
     trainer.set_learning_rate(0.1)
     before = {}
@@ -164,7 +165,7 @@ def master_weight_problems(model: str, nesterov: bool = False) -> List[str]:
     trainer.update(1)
     mx.nd.waitall()
     states = trainer._updaters[0].states
-    optimizer = "nag" if nesterov else "sgd"
+    optimizer = "nag" if nesterov else optimizer
     problems = []
     for index, param in enumerate(trainer._params):
         if param.grad_req == "null":

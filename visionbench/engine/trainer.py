@@ -58,6 +58,11 @@ def build_trainer(config: Config, net, precision: Precision, kvstore=None):
     optimizer = "nag" if config.nesterov else "sgd"
     options = {"learning_rate": 0.0, "momentum": config.momentum, "wd": config.wd,
                "multi_precision": precision.multi_precision}
+    if config.optimizer == "lars":
+        from .lars import VisionbenchLARS
+
+        optimizer = VisionbenchLARS(eta=config.lars_eta, epsilon=config.lars_epsilon, **options)
+        options = None
     if config.kv_store == "horovod":   # optional extra; not installed on the test machines
         import horovod.mxnet as hvd
         return hvd.DistributedTrainer(net.collect_params(), optimizer, options)
