@@ -45,7 +45,7 @@ CASES = [
      "--bad-records skip needs a DALI backend"),
     # benchmark.py
     ("benchmark", ["--device", "cpu", "-n", "0", "-b", "4"], "positive integers"),
-    ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "--dtype", "bfloat16"], "float16 and/or float32"),
+    ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "--dtype", "bfloat16"], "float16, float32 and/or int8"),
     ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "-e", "2", "-w", "2"], "nothing would be timed"),
     ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "--mode", "val"], "--mode is set by benchmark.py"),
     ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "-o", "old.json"], "old.json already exists"),

@@ -144,7 +144,7 @@ def _digest(folder):
 @pytest.mark.parametrize("args, message", [
     (["-n", "0", "-b", "4"], "positive integers"),
     (["-n", "1", "-b", "four"], "positive integers"),
-    (["-n", "1", "-b", "4", "--dtype", "bfloat16"], "float16 and/or float32"),
+    (["-n", "1", "-b", "4", "--dtype", "bfloat16"], "float16, float32 and/or int8"),
     (["-n", "1", "-b", "4", "-e", "2", "-w", "2"], "nothing would be timed"),
     (["-n", "1", "-b", "4", "--timeout", "0"], "--timeout must be positive"),
     (["-n", "1", "-b", "4", "--mode", "val"], "--mode is set by benchmark.py"),
