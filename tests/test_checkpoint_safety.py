@@ -184,12 +184,20 @@ def test_partial_files_of_a_killed_meta_or_journal_write_are_removed_at_the_next
     before = _folder(tmp_path)
     dead = subprocess.Popen(["true"])
     dead.wait()   # its PID belongs to no process now
-    for name in (f".m-0002.json.partial-{dead.pid}", f".{checkpoint.journal_path(prefix).name}.partial-{dead.pid}"):
+    for name in (f".m-0002.json.partial-{dead.pid}", f".{checkpoint.journal_path(prefix).name}.partial-{dead.pid}",
+                 # a killed save of an INT8 model (engine/quantize.py)
+                 f".m-0001.int8-naive-8-0123456789ab.partial-{dead.pid}-symbol.json",
+                 f".m-0001.int8-naive-8-0123456789ab.partial-{dead.pid}-0000.params"):
         (tmp_path / name).write_text("{")
-    live = tmp_path / f".m-0002.json.partial-{os.getpid()}"
-    live.write_text("{")
+    alive = [tmp_path / f".m-0002.json.partial-{os.getpid()}",
+             tmp_path / f".m-0001.int8-naive-8-0123456789ab.partial-{os.getpid()}-0000.params",
+             tmp_path / f".m-x-0002.json.partial-{dead.pid}"]   # another prefix's (m-x)
+    for path in alive:
+        path.write_text("{")
     checkpoint.remove_leftovers(prefix)
-    live.unlink()
+    assert all(path.exists() for path in alive)
+    for path in alive:
+        path.unlink()
     assert _folder(tmp_path) == before
 
 

@@ -83,9 +83,14 @@ def test_int8_scores_within_one_point_of_float32_and_the_calibrated_model_is_reu
     assert "reused from m-0005.int8-naive-200-" in again["int8"]["how"], again
     assert again["int8"]["top1"] == got["int8"]["top1"] and again["int8"]["top5"] == got["int8"]["top5"]
 
-    # other settings never pick up that model
-    other = score_int8_here(capsys, data, prefix, "--calib-images", "64")
-    assert "naive calibration on 64 val images" in other["int8"]["how"]
+    # the saved graph is an INT8 one: oneDNN convolutions marked quantized
+    nodes = json.loads((prefix.parent / kept[2]).read_text())["nodes"]
+    assert sum(node["op"] == "_sg_mkldnn_conv" and node.get("attrs", {}).get("quantized") == "true"
+               for node in nodes) >= 10
+
+    # settings that only the key holds (not the file name) never pick up that model
+    other = score_int8_here(capsys, data, prefix, "--calib-images", "200", "--image-size", "40")
+    assert "reused" not in other["int8"]["how"], other
 
     # the checkpoint is untouched, and a later training run on this prefix sees nothing foreign
     assert checkpoint.read_bytes() == before
@@ -121,18 +126,60 @@ def test_a_saved_model_from_other_weights_is_not_reused(trained, tmp_path, capsy
     assert "reused" not in score_int8_here(capsys, data, copy, "--calib-images", "16")["int8"]["how"]
 
 
-def test_int8_inference_on_val_images_reports_its_calibration(trained):
-    data, _ = trained
-    result = run_runner("--mode", "inference", "--dtype", "int8", "--device", "cpu", "-n", "2", "-b", "16",
-                        "--data-root", data, "--image-size", "32", "--num-layers", "18", "--num-classes", "10",
-                        "-i", "3", "-e", "2", "--calib-images", "48", "--calib-mode", "entropy")
-    assert result.returncode == 0, result.stderr
+def test_int8_inference_on_val_images_reports_its_calibration(trained, capsys):
     from visionbench.bench.timing import find_result
+    from visionbench.main import main
 
-    outcome = find_result(result.stdout)
-    assert outcome["calibration"]["source"] == "val" and outcome["calibration"]["images"] == 48
-    assert outcome["calibration"]["mode"] == "entropy" and outcome["calibration"]["reused"] is None
+    data, _ = trained
+    capsys.readouterr()
+    assert main(["--mode", "inference", "--dtype", "int8", "--device", "cpu", "-n", "2", "-b", "16",
+                 "--data-root", str(data), "--image-size", "32", "--num-layers", "18", "--num-classes", "10",
+                 "-i", "3", "-e", "2", "--calib-images", "48"]) == 0
+    outcome = find_result(capsys.readouterr().out)
+    assert outcome["calibration"] == {"mode": "naive", "images": 48, "source": "val", "seconds": pytest.approx(
+        outcome["calibration"]["seconds"]), "reused": None}
     assert outcome["timed_images"] == 3 * 2 * 16
+
+
+def test_entropy_calibration_quantizes_a_small_net():
+    """--calib-mode entropy (KL-optimal ranges, through scipy) on a small
+    convolutional net: its INT8 outputs follow the float32 ones."""
+    import mxnet as mx
+    import numpy as np
+    from mxnet import gluon
+
+    from visionbench.engine.quantize import quantize
+
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Conv2D(8, 3, in_channels=3), gluon.nn.BatchNorm(), gluon.nn.Activation("relu"),
+            gluon.nn.Conv2D(8, 3, in_channels=8), gluon.nn.GlobalAvgPool2D(), gluon.nn.Dense(4))
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    images = mx.nd.random.uniform(-1, 1, (32, 3, 12, 12))
+    expected = net(images).asnumpy()
+    quantized = quantize(net, images, "entropy", 8, [mx.cpu()])
+    got = quantized(images).asnumpy()
+    assert np.corrcoef(expected.ravel(), got.ravel())[0, 1] > 0.98
+    assert not np.array_equal(expected, got)   # it did change the arithmetic
+
+
+def test_pruning_a_checkpoint_removes_its_int8_models_and_nothing_else(trained, tmp_path, capsys):
+    import shutil
+
+    from visionbench.engine.checkpoint import complete_epochs, prune
+
+    data, prefix = trained
+    copy = tmp_path / "m"
+    for path in prefix.parent.glob("m-*"):
+        if not path.name.startswith("m-0005.int8"):
+            shutil.copy(path, tmp_path / path.name)
+    score_int8_here(capsys, data, copy, "--calib-images", "16", "--load-epoch", "4")
+    assert len(list(tmp_path.glob("m-0004.int8-*"))) == 3
+    (tmp_path / "m-0004.int8-mine.txt").write_text("a user's file")
+    prune(copy, keep_last=1, best_epoch=None)
+    assert complete_epochs(copy) == [5]
+    assert [p.name for p in tmp_path.glob("m-0004*")] == ["m-0004.int8-mine.txt"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -22,7 +22,7 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial-{os.getpid()}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -35,7 +35,7 @@ def _pid_alive(pid: int) -> bool:
 def is_dead_partial(path: Path) -> bool:
     """A partial file (``.NAME.partial-PID``) whose writer is gone."""
     match = _PARTIAL.match(path.name)
-    return bool(match) and not _pid_alive(int(match["pid"]))
+    return bool(match) and not pid_alive(int(match["pid"]))
 
 
 def remove_stale_partials(final_paths: Iterable[Path]) -> list[Path]:
@@ -44,7 +44,7 @@ def remove_stale_partials(final_paths: Iterable[Path]) -> list[Path]:
     for final in final_paths:
         for candidate in final.parent.glob(f".{final.name}.partial-*"):
             match = _PARTIAL.match(candidate.name)
-            if match and match["name"] == final.name and not _pid_alive(int(match["pid"])):
+            if match and match["name"] == final.name and not pid_alive(int(match["pid"])):
                 candidate.unlink(missing_ok=True)
                 removed.append(candidate)
     return removed

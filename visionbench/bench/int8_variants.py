@@ -24,7 +24,7 @@ import sys
 from dataclasses import replace
 from typing import Optional, Sequence
 
-from ..cli import ArgumentParser, positive_int, run_main
+from ..cli import ArgumentParser, RunFailure, positive_int, run_main
 from .compare import in_rotation, median_ratio, median_table
 
 FUSED = "float32 fused (--dtype float32)"
@@ -62,6 +62,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plain = replace(config, fuse_inference=False)
     images = mx.nd.random.uniform(-2, 2, shape=(args.calib_images,) + shape[1:])
     nets = {FUSED: inference_net(config, devices, precision, shape)}
+    # MXNet ignores exclusions that name no node: check the names against the fused graph
+    fused = inference_net(plain, devices, precision, shape)(mx.sym.var("data")).get_backend_symbol("MKLDNN_QUANTIZE")
+    outputs = set(fused.get_internals().list_outputs())
+    missing = [name for name in OUTER_LAYERS if f"{name}_output" not in outputs]
+    if missing:
+        raise RunFailure(f"the fused graph has no node {', '.join(missing)}: update OUTER_LAYERS")
     for name, mode, quantize_mode, exclude_outer in (
             ("INT8 naive, full (--dtype int8)", "naive", "full", False),
             ("INT8 entropy, full", "entropy", "full", False),

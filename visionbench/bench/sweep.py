@@ -127,7 +127,7 @@ def resolve_device(args) -> str:
     device = args.device or "gpu"
     if device == "gpu" and gpus == 0:
         raise UsageError("MXNet sees no GPU (CPU build of mxnet, or no CUDA driver); benchmark this "
-                         "machine's CPU with --device cpu (float32 only)")
+                         "machine's CPU with --device cpu (float32, and int8 with --only-inference)")
     if device == "gpu" and max(args.ngpus) > gpus:
         raise UsageError(f"-n {max(args.ngpus)} asks for more GPUs than MXNet sees ({gpus})")
     if device == "gpu":

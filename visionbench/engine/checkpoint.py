@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from ..cli import RunFailure, UsageError
-from ..files import fsync_dir, is_dead_partial, partial_path, write_text_atomic
+from ..files import fsync_dir, is_dead_partial, partial_path, pid_alive, write_text_atomic
 
 _META = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{4})(-(?P<iteration>\d{6}))?\.json$")
 # What a visionbench meta file holds, at least (load_meta's users read these).
@@ -203,8 +203,15 @@ def remove_leftovers(prefix: Path) -> List[Path]:
     leftovers = [path for pattern in (f".{prefix.name}.partial-*", f"{prefix.name}-*.states.partial")
                  for path in prefix.parent.glob(pattern)]
     # the .json of a checkpoint and the journal are written under .NAME.partial-PID (files.write_text_atomic)
-    leftovers += [path for pattern in (f".{prefix.name}-*.json.partial-*", f".{journal_path(prefix).name}.partial-*")
-                  for path in prefix.parent.glob(pattern) if is_dead_partial(path)]
+    ours = re.compile(rf"^\.({re.escape(prefix.name)}-\d{{4}}(-\d{{6}})?\.json|{re.escape(journal_path(prefix).name)})"
+                      rf"\.partial-\d+$")
+    leftovers += [path for path in prefix.parent.glob(f".*.partial-*") if ours.match(path.name) and is_dead_partial(path)]
+    # what a killed save of an INT8 model left (engine/quantize.py: .P-EEEE.int8-....partial-PID[-symbol.json|-0000.params])
+    int8 = re.compile(rf"^\.{re.escape(prefix.name)}-\d{{4}}\.int8-[^/]*\.partial-(?P<pid>\d+)(-symbol\.json|-0000\.params)?$")
+    for path in prefix.parent.glob(f".{prefix.name}-*.int8-*.partial-*"):
+        match = int8.match(path.name)
+        if match and not pid_alive(int(match["pid"])):
+            leftovers.append(path)
     journal = journal_path(prefix)
     if journal.exists():
         listed = _journal_listed(prefix)
@@ -254,6 +261,23 @@ def load_states(trainer, prefix: Path, epoch: int, iteration: int = 0) -> None:
         raise UsageError(f"optimizer state {path} cannot be loaded ({type(err).__name__})")
 
 
+def _int8_models_of(params: Path) -> List[Path]:
+    """The files of INT8 models calibrated from checkpoint ``params`` (engine/quantize.py),
+    recognised by their own meta: nothing else named like them is touched."""
+    found = []
+    for meta in params.parent.glob(f"{params.stem}.int8-*.json"):
+        if meta.name.endswith(".symbol.json"):
+            continue
+        try:
+            settings = json.loads(meta.read_text(encoding="utf-8")).get("settings", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(settings, dict) and settings.get("checkpoint") == params.name:
+            base = str(meta)[:-len(".json")]
+            found += [Path(base + ".symbol.json"), Path(base + ".params"), meta]
+    return sorted(found)
+
+
 def prune(prefix: Path, keep_last: int, best_epoch: Optional[int]) -> None:
     """Delete complete checkpoints other than the last ``keep_last`` and the
     best, and mid-epoch ones older than the newest end-of-epoch checkpoint."""
@@ -266,11 +290,16 @@ def prune(prefix: Path, keep_last: int, best_epoch: Optional[int]) -> None:
     doomed += [(epoch, 0) for epoch in epochs if epoch not in keep]
     for position in doomed:
         files = checkpoint_paths(prefix, *position)
+        # INT8 models calibrated from this checkpoint (engine/quantize.py) go with it
+        int8 = _int8_models_of(files["params"]) if not position[1] else []
         # The journal first: a kill part-way leaves files the next start
         # knows to be ours (remove_leftovers), never ones that look foreign.
         write_text_atomic(journal_path(prefix), json.dumps([str(files[name]) for name in ("meta", "params",
-                                                                                          "states")]) + "\n")
+                                                                                          "states")]
+                                                           + [str(path) for path in int8]) + "\n")
         files["meta"].unlink(missing_ok=True)   # first: the set stops counting as complete
         files["params"].unlink(missing_ok=True)
         files["states"].unlink(missing_ok=True)
+        for path in int8:
+            path.unlink(missing_ok=True)
         journal_path(prefix).unlink()

@@ -134,26 +134,45 @@ def saved_names(params: Path, settings: dict) -> dict:
     return {"symbol": Path(base + ".symbol.json"), "params": Path(base + ".params"), "meta": Path(base + ".json")}
 
 
-def calibration_settings(checkpoint_params: Path, mode: str, images: int, source: str, data_prefix, image_size: int,
-                         model: str) -> dict:
-    """Everything a calibrated model depends on (the key of its saved copy)."""
+def _file_stamp(path: Path) -> Optional[list]:
+    """Size and modification time (ns) of a data file: a set rewritten in place is another set."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns]
+
+
+def calibration_settings(checkpoint_params: Path, config, loader, source: str) -> dict:
+    """Everything a calibrated model depends on (the key of its saved copy):
+    the weights, how the calibration images are chosen and preprocessed
+    (set, backend, augmentation, image size, batch, device count, seed) and
+    how the model is quantized."""
     import mxnet as mx
 
+    from ..config import model_name
+
+    prefix = loader.spec.prefix
+    data = None
+    if prefix is not None and source != "synthetic":
+        data = {"path": str(Path(prefix).resolve()),
+                "rec": _file_stamp(Path(f"{prefix}.rec")), "idx": _file_stamp(Path(f"{prefix}.idx"))}
     return {"checkpoint": checkpoint_params.name, "checkpoint_sha256": _sha256(checkpoint_params),
-            "calib_mode": mode, "calib_images": images, "source": source,
-            "data": str(Path(data_prefix).resolve()) if data_prefix else None, "image_size": image_size,
-            "model": model, "quantized_dtype": "auto", "quantize_mode": "full", "mxnet": mx.__version__}
+            "calib_mode": config.calib_mode, "calib_images": config.calib_images, "source": source, "data": data,
+            "data_backend": config.data_backend, "augment": config.augment, "image_size": config.image_size,
+            "batch_size": config.batch_size, "devices": len(loader.spec.devices), "seed": config.seed,
+            "model": model_name(config), "quantized_dtype": "auto", "quantize_mode": "full", "mxnet": mx.__version__}
 
 
 def load_saved(names: dict, settings: dict, devices):
-    """The saved INT8 model for ``settings``, or None when there is no complete one."""
+    """(the saved INT8 model for ``settings``, how it was calibrated), or None when there is no complete one."""
     import mxnet as mx
 
     try:
         meta = json.loads(names["meta"].read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    if meta.get("settings") != settings:
+    if not isinstance(meta, dict) or meta.get("settings") != settings or not isinstance(meta.get("calibration"), dict):
         return None
     try:
         with warnings.catch_warnings():
@@ -161,7 +180,7 @@ def load_saved(names: dict, settings: dict, devices):
             net = mx.gluon.SymbolBlock.imports(str(names["symbol"]), ["data"], str(names["params"]), ctx=mx.cpu())
     except Exception:  # noqa: BLE001 - a damaged copy: calibrate again (and replace it)
         return None
-    return _ready(net, devices)
+    return _ready(net, devices), meta["calibration"]
 
 
 def save(net, names: dict, settings: dict, calibration: Calibration) -> Optional[str]:
@@ -170,17 +189,23 @@ def save(net, names: dict, settings: dict, calibration: Calibration) -> Optional
     last, so an interrupted save is never loaded."""
     tmp_prefix = partial_path(names["params"].with_suffix(""))
     written = [Path(f"{tmp_prefix}-symbol.json"), Path(f"{tmp_prefix}-0000.params")]
+    complete = False
     try:
         net.export(str(tmp_prefix), epoch=0)
         os.replace(written[0], names["symbol"])
         os.replace(written[1], names["params"])
         write_text_atomic(names["meta"], json.dumps({"settings": settings, "calibration": calibration.to_dict()},
                                                     indent=1, sort_keys=True) + "\n")
+        complete = True
         fsync_dir(names["meta"].parent)
     except Exception as err:  # noqa: BLE001 - OSError, or MXNetError for what MXNet writes itself
+        return str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    finally:   # a signal too: nothing half-saved stays (kill -9 leftovers: checkpoint.remove_leftovers)
         for path in written:
             path.unlink(missing_ok=True)
-        return str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        if not complete:
+            names["symbol"].unlink(missing_ok=True)
+            names["params"].unlink(missing_ok=True)
     return None
 
 
@@ -189,27 +214,31 @@ def int8_net(float_net, loader, config, devices, checkpoint_params: Optional[Pat
     ``checkpoint_params`` (the checkpoint the float32 weights came from), a
     complete saved model with the same settings is loaded instead of
     calibrating, and a newly calibrated one is saved beside the checkpoint."""
-    from ..config import model_name
-
     source = "synthetic" if config.data_backend == "synthetic" else ("train" if loader.spec.train else "val")
     settings = names = None
     if checkpoint_params is not None:
-        settings = calibration_settings(checkpoint_params, config.calib_mode, config.calib_images, source,
-                                        loader.spec.prefix, config.image_size, model_name(config))
+        settings = calibration_settings(checkpoint_params, config, loader, source)
         names = saved_names(checkpoint_params, settings)
-        net = load_saved(names, settings, devices)
-        if net is not None:
-            return net, Calibration(config.calib_mode, config.calib_images, source, 0.0, names["params"].name)
+        saved = load_saved(names, settings, devices)
+        if saved is not None:
+            net, how = saved
+            return net, Calibration(how["mode"], how["images"], how["source"], 0.0, names["params"].name)
     started = time.perf_counter()
     images = calibration_images(loader, config.calib_images)
     if images.shape[0] < config.calib_images:
         say(f"--calib-images {config.calib_images}: the {source} set holds {images.shape[0]}; "
             f"calibrating on those", flush=True)
     net = quantize(float_net, images, config.calib_mode, config.batch_size, devices)
+    try:
+        # the INT8 graph's first forward creates its oneDNN primitives (errors surface here); export()
+        # also needs one, to save the graph it built
+        net(images[:min(config.batch_size, images.shape[0])].as_in_context(devices[0])).wait_to_read()
+    except Exception as err:  # noqa: BLE001 - MXNetError from oneDNN
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        raise RunFailure(f"INT8 model ({config.calib_mode} calibration) cannot run: "
+                         f"{lines[-1] if lines else type(err).__name__}")
     calibration = Calibration(config.calib_mode, int(images.shape[0]), source, time.perf_counter() - started, None)
     if names is not None:
-        # export() saves the graph a forward pass has built: run one batch first
-        net(images[:min(config.batch_size, images.shape[0])].as_in_context(devices[0])).wait_to_read()
         why = save(net, names, settings, calibration)
         if why:
             say(f"warning: the calibrated model could not be kept beside {checkpoint_params} ({why}); "
