@@ -205,7 +205,7 @@ def remove_leftovers(prefix: Path) -> List[Path]:
     # the .json of a checkpoint and the journal are written under .NAME.partial-PID (files.write_text_atomic)
     ours = re.compile(rf"^\.({re.escape(prefix.name)}-\d{{4}}(-\d{{6}})?\.json|{re.escape(journal_path(prefix).name)})"
                       rf"\.partial-\d+$")
-    leftovers += [path for path in prefix.parent.glob(f".*.partial-*") if ours.match(path.name) and is_dead_partial(path)]
+    leftovers += [path for path in prefix.parent.glob(".*.partial-*") if ours.match(path.name) and is_dead_partial(path)]
     # what a killed save of an INT8 model left (engine/quantize.py: .P-EEEE.int8-....partial-PID[-symbol.json|-0000.params])
     int8 = re.compile(rf"^\.{re.escape(prefix.name)}-\d{{4}}\.int8-[^/]*\.partial-(?P<pid>\d+)(-symbol\.json|-0000\.params)?$")
     for path in prefix.parent.glob(f".{prefix.name}-*.int8-*.partial-*"):
