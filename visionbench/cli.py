@@ -39,6 +39,14 @@ class Terminated(BaseException):
     ``except Exception`` blocks do not swallow it)."""
 
 
+def last_error_line(err: BaseException, limit: int = 200) -> str:
+    """What failed, in one line: MXNet's errors carry a C++ traceback, and
+    their last line says it."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(err).__name__
+    return text.replace("MXNetError: ", "")[:limit]
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with a single-line error instead of usage + error."""
 

@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from ..cli import RunFailure, UsageError
+from ..cli import RunFailure, UsageError, last_error_line
 from ..files import fsync_dir, is_dead_partial, partial_path, pid_alive, write_text_atomic
 
 _META = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{4})(-(?P<iteration>\d{6}))?\.json$")
@@ -243,14 +243,7 @@ def load_weights(net, prefix: Path, epoch: int, devices, iteration: int = 0, cas
         net.collect_params().load(str(path), ctx=devices, allow_missing=False, ignore_extra=False,
                                   cast_dtype=cast, dtype_source="current")
     except Exception as err:  # noqa: BLE001 - MXNet raises AssertionError/MXNetError/ValueError
-        raise UsageError(f"checkpoint {path} does not fit this model ({_last_line(err)})")
-
-
-def _last_line(err: Exception) -> str:
-    """MXNet's errors carry a C++ traceback: their last line says what failed."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = lines[-1] if lines else type(err).__name__
-    return text.replace("MXNetError: ", "")[:200]
+        raise UsageError(f"checkpoint {path} does not fit this model ({last_error_line(err)})")
 
 
 def load_states(trainer, prefix: Path, epoch: int, iteration: int = 0) -> None:

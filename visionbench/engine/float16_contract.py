@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import List
 
+from ..cli import last_error_line
 from ..config import Config
 from .precision import LossScaler, Precision, all_finite
 
@@ -48,11 +49,6 @@ def _float16_net(model: str, layout: str = "NCHW", nesterov: bool = False, optim
 
     config = model_config(model, layout, nesterov, optimizer)
     return config, build_net(config, [mx.cpu(0)], FLOAT16)
-
-
-def _last_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(err).__name__)[:300]
 
 
 def overflow_check_problems(model: str) -> List[str]:
@@ -88,7 +84,7 @@ def overflow_check_problems(model: str) -> List[str]:
             finite = bool(all_finite(grads).asscalar())
         except Exception as err:  # noqa: BLE001 - MXNet raises MXNetError; any failure is the finding
             problems.append(f"{model} ({len(grads)} gradient arrays): the overflow check failed with {what}: "
-                            f"{_last_line(err)}")
+                            f"{last_error_line(err, limit=300)}")
             continue
         if finite != (index is None):
             problems.append(f"{model} ({len(grads)} gradient arrays): the overflow check says "
@@ -118,7 +114,7 @@ def float16_graph_problems(model: str, layout: str, image_size: int = 224, batch
             arg_shapes, out_shapes, aux_shapes = loss.infer_shape(data=shape, label=label_shape)
             arg_types, out_types, aux_types = loss.infer_type(data="float16", label="float32")
         except Exception as err:  # noqa: BLE001 - MXNetError: the graph does not type-check
-            return [f"{where}: the training graph does not type-check: {_last_line(err)}"]
+            return [f"{where}: the training graph does not type-check: {last_error_line(err, limit=300)}"]
         if [np.dtype(t) for t in out_types] != [np.dtype("float32")] or list(out_shapes) != [(batch,)]:
             problems.append(f"{where}: the loss is {out_types} {out_shapes}, not float32 of shape ({batch},)")
         inferred = dict(zip(loss.list_arguments(), zip(arg_types, arg_shapes)))

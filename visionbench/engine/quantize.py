@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from ..cli import RunFailure, UsageError
+from ..cli import RunFailure, UsageError, last_error_line
 from ..files import fsync_dir, partial_path, write_text_atomic
 
 CALIB_MODES = ("naive", "entropy")
@@ -107,9 +107,7 @@ def quantize(float_net, images, mode: str, batch_size: int, devices, quantize_mo
                                   calib_mode=mode, calib_data=data,
                                   num_calib_examples=count, ctx=mx.cpu())
     except Exception as err:  # noqa: BLE001 - MXNetError, ValueError, ImportError (entropy without scipy)
-        lines = [line for line in str(err).strip().splitlines() if line.strip()]
-        raise RunFailure(f"INT8 calibration ({mode}, {count} images) failed: "
-                         f"{lines[-1] if lines else type(err).__name__}")
+        raise RunFailure(f"INT8 calibration ({mode}, {count} images) failed: {last_error_line(err)}")
     return _ready(net, devices)
 
 
@@ -199,7 +197,7 @@ def save(net, names: dict, settings: dict, calibration: Calibration) -> Optional
         complete = True
         fsync_dir(names["meta"].parent)
     except Exception as err:  # noqa: BLE001 - OSError, or MXNetError for what MXNet writes itself
-        return str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        return last_error_line(err)
     finally:   # a signal too: nothing half-saved stays (kill -9 leftovers: checkpoint.remove_leftovers)
         for path in written:
             path.unlink(missing_ok=True)
@@ -234,9 +232,7 @@ def int8_net(float_net, loader, config, devices, checkpoint_params: Optional[Pat
         # also needs one, to save the graph it built
         net(images[:min(config.batch_size, images.shape[0])].as_in_context(devices[0])).wait_to_read()
     except Exception as err:  # noqa: BLE001 - MXNetError from oneDNN
-        lines = [line for line in str(err).strip().splitlines() if line.strip()]
-        raise RunFailure(f"INT8 model ({config.calib_mode} calibration) cannot run: "
-                         f"{lines[-1] if lines else type(err).__name__}")
+        raise RunFailure(f"INT8 model ({config.calib_mode} calibration) cannot run: {last_error_line(err)}")
     calibration = Calibration(config.calib_mode, int(images.shape[0]), source, time.perf_counter() - started, None)
     if names is not None:
         why = save(net, names, settings, calibration)
