@@ -159,9 +159,30 @@ class Config:
     report: Optional[str] = option(None, "--report", metavar="FILE.json", help="per-epoch JSON report")
     dawn_tsv: Optional[str] = option(None, "--dawn-tsv", metavar="FILE.tsv", help="DAWNBench per-epoch TSV")
     target_top1: Optional[float] = option(None, "--target-top1", metavar="A",
-                                          help="report the training time to reach this val top-1 (fraction)")
+                                          help="stop training once val top-1 reaches A (fraction; MLPerf: 0.759) and "
+                                               "report the training time to reach it")
     target_top5: Optional[float] = option(None, "--target-top5", metavar="A",
                                           help="report the training time to reach this val top-5 (fraction)")
+    eval_period: int = option(1, "--eval-period", metavar="K",
+                              help="train_val: validate every K epochs from --eval-offset on, and after the last")
+    eval_offset: int = option(0, "--eval-offset", metavar="O",
+                              help="train_val: the first epoch validated, counted from 0 as NVIDIA's MLPerf code "
+                                   "counts (with --eval-period 4, offset 2 validates after epochs 3, 7, 11, .. "
+                                   "of the epoch lines)")
+    # --- MLPerf Training logs (train_val)
+    mlperf_log: Optional[str] = option(None, "--mlperf-log", metavar="FILE",
+                                       help="write MLPerf's :::MLLOG lines (mlperf-logging's mllog) to FILE, for "
+                                            "its compliance checker; needs --target-top1 (a resumed run writes "
+                                            "FILE with .resumeN before its suffix)")
+    mlperf_org: str = option("visionbench", "--mlperf-org", metavar="NAME", help="MLPerf log: submission_org")
+    mlperf_platform: Optional[str] = option(None, "--mlperf-platform", metavar="NAME",
+                                            help="MLPerf log: submission_platform (default: NODESxDEVICES and the "
+                                                 "device's name)")
+    mlperf_division: str = option("closed", "--mlperf-division", choices=("closed", "open"),
+                                  help="MLPerf log: submission_division; closed refuses hyperparameters its "
+                                       "rules (and the checker) reject")
+    mlperf_status: str = option("onprem", "--mlperf-status", choices=("onprem", "cloud", "preview", "research"),
+                                help="MLPerf log: submission_status")
     # --- measuring
     iterations: Optional[int] = option(None, "-i", "--iterations", metavar="I",
                                        help="train/inference: at most I steps per epoch; io: measured steps "
@@ -311,6 +332,14 @@ def check(config: Config) -> None:
         raise UsageError("save-frequency must be 0 or more and keep-checkpoints at least 1")
     if not 0 < config.min_random_area <= 1:
         raise UsageError(f"min-random-area must be in (0, 1], got {config.min_random_area}")
+    if config.eval_period < 1 or config.eval_offset < 0:
+        raise UsageError(f"eval-period must be at least 1 and eval-offset 0 or more, got {config.eval_period} "
+                         f"and {config.eval_offset}")
+    for name in ("target_top1", "target_top5"):
+        target = getattr(config, name)
+        if target is not None and not 0 < target <= 1:
+            raise UsageError(f"{name.replace('_', '-')} is a fraction of the val images: in (0, 1], got {target}")
+    check_mlperf(config)
     check_distributed(config)
     if config.data_root and not Path(config.data_root).is_dir():
         raise UsageError(f"--data-root {config.data_root} is not a folder")
@@ -343,6 +372,65 @@ def check_distributed(config: Config) -> None:
                              f"{config.data_backend} has none")
         if not Path(config.sample_log).is_dir():
             raise UsageError(f"--sample-log {config.sample_log} is not a folder")
+
+
+def check_mlperf(config: Config) -> None:
+    """--mlperf-log: what a log needs, and in the closed division the
+    hyperparameter values MLPerf's rules fix (those its checker verifies for
+    ResNet-50 in ruleset 4.0.0), refused here rather than found by the
+    checker after hours of training."""
+    if not config.mlperf_log:
+        return
+    if config.mode != "train_val":
+        raise UsageError(f"--mlperf-log times training to a validation target: use --mode train_val, not {config.mode}")
+    if config.target_top1 is None:
+        raise UsageError("--mlperf-log needs --target-top1 (MLPerf's ResNet-50 target: 0.759)")
+    if config.data_backend == "synthetic":
+        raise UsageError("--mlperf-log times training on a real data set, not --data-backend synthetic")
+    if config.phases:
+        raise UsageError("--mlperf-log records one batch size and schedule; --phases changes them (not MLPerf's recipe)")
+    if not Path(config.mlperf_log).parent.is_dir():
+        raise UsageError(f"--mlperf-log {config.mlperf_log}: folder {Path(config.mlperf_log).parent} does not exist")
+    for name in ("mlperf_org", "mlperf_platform"):
+        if getattr(config, name) == "":
+            raise UsageError(f"{name.replace('_', '-')} must not be empty")
+    if config.mlperf_division != "closed":
+        return
+    import math
+
+    problems = []
+    if config.lr_schedule != "poly":
+        problems.append(f"--lr-schedule poly (got {config.lr_schedule})")
+    if config.end_lr != 1e-4:
+        problems.append(f"--end-lr 0.0001 (got {config.end_lr})")
+    if config.lr_power != 2:
+        problems.append(f"--lr-power 2 (got {config.lr_power})")
+    if config.optimizer == "lars" and config.lars_epsilon != 0:
+        problems.append(f"--lars-epsilon 0 (got {config.lars_epsilon})")
+    if config.wd <= 0 or not _whole(math.log2(config.wd / 1e-4)):
+        problems.append(f"--wd 0.0001 x 2^k (got {config.wd})")
+    if config.label_smoothing not in (0.0, 0.1):
+        problems.append(f"--label-smoothing 0 or 0.1 (got {config.label_smoothing})")
+    if config.optimizer == "sgd" and config.kv_store != "horovod":   # (horovodrun's process count is not known here)
+        base_lr = config.lr * global_batch_size(config) / 256
+        if not _whole(base_lr / 0.001):
+            problems.append(f"a base LR that is a multiple of 0.001 (--lr x global batch / 256 = {base_lr:.6g})")
+        if config.momentum != 0.9:
+            problems.append(f"--momentum 0.9 (got {config.momentum})")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UsageError(f"--mlperf-division closed needs {problems[0]}{more}: MLPerf's closed rules fix these; "
+                         "use --mlperf-division open for other values")
+
+
+def _whole(value: float) -> bool:
+    """The checker's own tolerance for 'an integer'."""
+    return abs(round(value) - value) < 1e-5
+
+
+def global_batch_size(config: Config) -> int:
+    """Images per step over every device of every worker of the job."""
+    return config.batch_size * config.num_devices * config.local_workers * config.nnodes
 
 
 def check_data_root(config: Config) -> None:

@@ -171,3 +171,27 @@ class FolderLock:
             self.path.unlink(missing_ok=True)   # while still holding it, so no one else owns that file
             self._handle.close()
             self._handle = None
+
+
+def drop_from_page_cache(paths) -> bool:
+    """Ask the kernel to drop ``paths``' pages from its page cache
+    (posix_fadvise DONTNEED: no root needed, unlike /proc/sys/vm/drop_caches),
+    so that a timed run reads its data from the disk as MLPerf's rules ask
+    ("flush the cache ... prior to benchmarking"). Pages another process has
+    dirty or mapped may stay. True when every file was asked."""
+    import os
+
+    asked = True
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            asked = False
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)   # offset 0, length 0: the whole file
+        except OSError:
+            asked = False
+        finally:
+            os.close(fd)
+    return asked

@@ -61,3 +61,16 @@ def cpu_isa() -> str:
     have = [flag for flag in ISA_FLAGS if flag in flags]
     lacking = [flag for flag in ISA_FLAGS if flag not in flags]
     return " ".join(have) + (f" (no {', '.join(lacking)})" if lacking else "")
+
+
+def platform_name(device: str, devices_total: int, nnodes: int) -> str:
+    """A job's machines as MLPerf's submission_platform names them by
+    default: NODESx the device's name, and the devices per node."""
+    if device == "gpu":
+        from .gpus import visible_gpus
+
+        gpus = visible_gpus()
+        name = f"{gpus[0].name} x{devices_total // nnodes}" if gpus else f"{devices_total // nnodes} GPUs"
+    else:
+        name = f"{cpu_model()}, {devices_total // nnodes} CPU contexts"
+    return f"{nnodes}x{name}"

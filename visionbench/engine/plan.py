@@ -30,6 +30,17 @@ class TrainingPlan:
     phases: Optional[Phases]
     defaults: DataSettings
     steps_of: Callable[[DataSettings], int]   # steps per epoch for given data settings
+    eval_period: int = 1              # validate every eval_period epochs ...
+    eval_offset: int = 0              # ... from this epoch (counted from 0) on, and after the last
+
+    def validates(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (counted from 0) ends with a validation."""
+        due = epoch >= self.eval_offset and (epoch - self.eval_offset) % self.eval_period == 0
+        return due or epoch + 1 == self.epochs
+
+    def next_validation(self, epoch: int) -> int:
+        """The first epoch from ``epoch`` on that validates (MLPerf's block of epochs ends there)."""
+        return next(e for e in range(epoch, self.epochs) if self.validates(e))
 
     def settings(self, epoch: int) -> DataSettings:
         return self.phases.settings(epoch, self.defaults) if self.phases else self.defaults
@@ -50,7 +61,7 @@ def make_plan(config: Config, devices_total: int, steps_of: Callable[[DataSettin
     defaults = base_data_settings(config)
     if config.phases:
         phases = parse_phases(config.phases, momentum=config.momentum)
-        return TrainingPlan(phases.epochs, phases, phases, defaults, steps_of)
+        return TrainingPlan(phases.epochs, phases, phases, defaults, steps_of, config.eval_period, config.eval_offset)
     base_lr = config.lr * config.batch_size * devices_total / 256
     if config.lr_schedule == "step":
         schedule = StepSchedule(base_lr, config.num_epochs, config.warmup_epochs, lr_steps(config),
@@ -63,7 +74,7 @@ def make_plan(config: Config, devices_total: int, steps_of: Callable[[DataSettin
     else:
         schedule = OneCycleSchedule(base_lr, config.num_epochs, config.pct_start, config.div_factor,
                                     config.final_div_factor, config.mom_max, config.mom_min)
-    return TrainingPlan(config.num_epochs, schedule, None, defaults, steps_of)
+    return TrainingPlan(config.num_epochs, schedule, None, defaults, steps_of, config.eval_period, config.eval_offset)
 
 
 def uses_rect_val(config: Config) -> bool:

@@ -57,10 +57,10 @@ def _check_outputs(config: Config, resuming: bool) -> None:
     """A fresh run never overwrites another run's report or checkpoints."""
     if resuming:
         return
-    for path in (config.report, config.dawn_tsv):
+    for path in (config.report, config.dawn_tsv, config.mlperf_log):
         if path and Path(path).exists():
             raise UsageError(f"{path} already exists (another run's?); move it or choose another path")
-    for path in (config.report, config.dawn_tsv):
+    for path in (config.report, config.dawn_tsv, config.mlperf_log):
         if path and not Path(path).parent.is_dir():
             raise UsageError(f"{path}: folder {Path(path).parent} does not exist")
 
@@ -186,8 +186,7 @@ def _resume_position(config: Config, group) -> tuple:
 
 
 def _train(config: Config, devices, group, stop: StopRequest) -> int:
-    from ..files import write_text_atomic
-    from ..report.train_report import build_report, dawn_tsv, environment, summarize, write_report
+    from ..report.mlperf_log import ABORTED
 
     rank, num_workers = group.rank, group.size
     say = print if rank == 0 else (lambda *args, **kwargs: None)
@@ -195,16 +194,102 @@ def _train(config: Config, devices, group, stop: StopRequest) -> int:
     plan = plan_for(config, len(devices), num_workers)
     prefix = Path(config.model_prefix)
     start_epoch, start_iteration = _resume_position(config, group)
+    resuming = bool(start_epoch or start_iteration)
     if rank == 0:
-        _check_outputs(config, resuming=bool(start_epoch or start_iteration))
+        _check_outputs(config, resuming)
+    meta = load_meta(prefix, start_epoch, start_iteration) if resuming else None
+    reached = _target_reached(config, meta["epochs"] if meta else [])
+    if reached is not None or start_epoch >= plan.epochs:
+        say(f"{prefix}: " + (f"--target-top1 {config.target_top1} was reached at epoch {reached['epoch'] + 1} "
+                             f"(val top-1 {reached['val_top1']:.4f})" if reached is not None
+                             else f"all {plan.epochs} epochs are done") + "; nothing to train", flush=True)
+        return 0
+    mlperf = _open_mlperf_log(config, rank, resuming)
+    try:
+        status = _train_run(config, devices, group, stop, plan, precision, start_epoch, start_iteration, meta, mlperf)
+    finally:
+        # An early end (a signal, an error) closes what it left open: "aborted".
+        mlperf.finish(ABORTED)
+    return status
+
+
+def _target_reached(config: Config, records: List[dict]):
+    """The first epoch record whose val top-1 reached --target-top1, or None."""
+    if config.target_top1 is None:
+        return None
+    return next((r for r in records if r["val_top1"] is not None and r["val_top1"] >= config.target_top1), None)
+
+
+def _open_mlperf_log(config: Config, rank: int, resuming: bool):
+    """Rank 0's MLPerf log, its init interval started; a resumed run writes a
+    file of its own (FILE.resumeN), never into an earlier run's log."""
+    from ..report.mlperf_log import MlperfLog, NoLog, resumed_log_path
+
+    if rank != 0 or not config.mlperf_log:
+        return NoLog()
+    path = Path(config.mlperf_log)
+    if resuming:
+        path = resumed_log_path(path)
+        print(f"MLPerf log of this resumed run: {path} (MLPerf times a run from initialization to the "
+              "target in one go: a resumed run is not a valid MLPerf result)", flush=True)
+    try:
+        log = MlperfLog(path)
+    except FileExistsError:
+        raise UsageError(f"{path} already exists (another run's?); move it or choose another --mlperf-log")
+    except OSError as err:
+        raise UsageError(f"--mlperf-log {path} cannot be written ({err.strerror})")
+    log.start("init_start")
+    return log
+
+
+def _data_files(config: Config, plan: TrainingPlan) -> List[Path]:
+    folders = {data_folder(config, plan.settings(epoch)) for epoch in range(plan.epochs)}
+    return [folder / f"{split}.{kind}" for folder in sorted(folders) for split in ("train", "val")
+            for kind in ("rec", "idx")]
+
+
+def _start_mlperf_run(config: Config, mlperf, plan: TrainingPlan, devices_total: int) -> None:
+    """Clear the data files from the page cache (on every worker: each
+    machine has its own), log the run's settings, end init, start the run."""
+    from ..data.recordio import read_index_file
+    from ..files import drop_from_page_cache
+    from ..report.mlperf_log import log_run_settings
+    from .devices import platform_name
+
+    if not config.mlperf_log:
+        return
+    cleared = drop_from_page_cache(_data_files(config, plan))
+    if not mlperf.writes:
+        return   # a worker other than rank 0
+    settings = plan.settings(0)
+    folder = data_folder(config, settings)
+    global_batch = settings.batch_size * devices_total
+    log_run_settings(mlperf, config, global_batch=global_batch,
+                     train_samples=len(read_index_file(folder / "train.idx")),
+                     eval_samples=len(read_index_file(folder / "val.idx")),
+                     steps_per_epoch=plan.steps_of(settings), base_lr=config.lr * global_batch / 256,
+                     platform=config.mlperf_platform or platform_name(config.device, devices_total, config.nnodes),
+                     cache_cleared=cleared)
+    mlperf.stop("init_start")
+    mlperf.start("run_start")
+
+
+def _train_run(config: Config, devices, group, stop: StopRequest, plan: TrainingPlan, precision, start_epoch: int,
+               start_iteration: int, meta, mlperf) -> int:
+    from ..files import write_text_atomic
+    from ..report.mlperf_log import SUCCESS
+    from ..report.train_report import build_report, dawn_tsv, environment, summarize, write_report
+
+    rank, num_workers = group.rank, group.size
+    say = print if rank == 0 else (lambda *args, **kwargs: None)
+    prefix = Path(config.model_prefix)
     net = build_net(config, devices, precision)
     trainer = build_trainer(config, net, precision, group.kvstore)
     scaler = LossScaler(precision.loss_scale, precision.dynamic_loss_scale)
     run = Run(config, devices, precision, net, trainer, plan, scaler, group)
     records: List[dict] = []
     progress = EpochProgress()
-    if start_epoch or start_iteration:
-        meta = load_meta(prefix, start_epoch, start_iteration)
+    if meta is not None:
         name = checkpoint_paths(prefix, start_epoch, start_iteration)["meta"].with_suffix("")
         if meta.get("model") != model_name(config) or meta.get("classes") != config.num_classes:
             raise UsageError(f"checkpoint {name} holds {meta.get('model')} with "
@@ -245,8 +330,15 @@ def _train(config: Config, devices, group, stop: StopRequest) -> int:
         if config.dawn_tsv:
             write_text_atomic(Path(config.dawn_tsv), "epoch\thours\ttop1Accuracy\ttop5Accuracy\n" + dawn_tsv(records))
 
+    _start_mlperf_run(config, mlperf, plan, len(devices) * num_workers)
+    reached = None
     for epoch in range(start_epoch, plan.epochs):
         settings = plan.settings(epoch)
+        if epoch == start_epoch or (validate and plan.validates(epoch - 1)):
+            # MLPerf's block: the epochs up to the next validation.
+            block_end = plan.next_validation(epoch) if validate else plan.epochs - 1
+            mlperf.start("block_start", first_epoch_num=epoch + 1, epoch_count=block_end - epoch + 1)
+        mlperf.start("epoch_start", epoch_num=epoch + 1)
         train_loader = _loader(config, "train", settings, devices, rank, num_workers, loaders)
         result = train_epoch(run, epoch, train_loader, progress=rank == 0,
                              start=progress if epoch == start_epoch else None, stop=stop)
@@ -263,6 +355,7 @@ def _train(config: Config, devices, group, stop: StopRequest) -> int:
             raise Interrupted(f"stopped by {signal.Signals(stop.requested).name} at epoch {epoch + 1}, iteration "
                               f"{done.iteration}: {saved}; run the same command again to resume",
                               _exit_status(stop.requested))
+        mlperf.stop("epoch_start")
         elapsed += result["epoch_train_s"]
         if epoch >= config.benchmark_warmup_epochs:
             timed["images"] += result["images"]
@@ -274,28 +367,36 @@ def _train(config: Config, devices, group, stop: StopRequest) -> int:
                   "image_size": settings.image_size, "batch_size": settings.batch_size,
                   "skipped_steps": result["skipped_steps"], "train_images": result["images"], "val_images": None,
                   "skipped_records": result["skipped_records"]}
-        if validate:
+        if validate and plan.validates(epoch):
+            mlperf.stop("block_start")
+            mlperf.start("eval_start", epoch_num=epoch + 1)
             val_loader = _loader(config, "val", settings, devices, rank, num_workers, loaders)
             scores = evaluate(net, val_loader, epoch, group)
+            mlperf.stop("eval_start")
+            mlperf.event("eval_accuracy", scores["val_top1"], epoch_num=epoch + 1)
             record.update({k: scores[k] for k in ("val_top1", "val_top5", "val_ips", "val_s", "val_images")})
             record["skipped_records"] += scores["skipped_records"]
         records.append(record)
         if record["val_top1"] is not None and (best is None or record["val_top1"] > best["val_top1"]):
             best = record
         say(_epoch_line(record, plan.epochs), flush=True)
-        last = epoch + 1 == plan.epochs
+        reached = _target_reached(config, [record])
+        last = epoch + 1 == plan.epochs or reached is not None
         # A signal during the epoch's last step or its validation: keep the epoch, then stop.
         if rank == 0 and config.save_frequency and not config.benchmark and (
                 (epoch + 1) % config.save_frequency == 0 or last or stop.requested):
             save_checkpoint(net, trainer, prefix, epoch + 1, meta_of(epoch + 1))
             prune(prefix, config.keep_checkpoints, best["epoch"] + 1 if best else None)
         write_reports("complete" if last else ("interrupted" if stop.requested else "running"))
+        if reached is not None:
+            say(f"val top-1 {record['val_top1']:.4f} reached --target-top1 {config.target_top1} at epoch "
+                f"{epoch + 1}: stopping ({elapsed:.1f} s of training)", flush=True)
+            mlperf.finish(SUCCESS)
+            break
         if stop.requested and not last:
             raise Interrupted(f"stopped by {signal.Signals(stop.requested).name} after epoch {epoch + 1}: "
                               "run the same command again to resume", _exit_status(stop.requested))
-    if start_epoch >= plan.epochs:
-        say(f"{prefix}: all {plan.epochs} epochs are done; nothing to train", flush=True)
-    elif rank == 0:
+    if rank == 0:
         from ..report.tables import epoch_table
         print(epoch_table(records), flush=True)
     if config.benchmark and rank == 0:
