@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -12,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_PREP = ROOT / "data_prep"
+RUNNER_ENV = {"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}   # ./runner with this interpreter, nothing else
 
 
 def pytest_collection_modifyitems(config, items):
@@ -113,3 +118,82 @@ def trained_demo(tmp_path_factory):
                         "-e", "1", "--model-prefix", prefix, "--report", report)
     assert result.returncode == 0, result.stderr
     return data, prefix, report
+
+
+class Job:
+    """./runner in the background, its stdout read line by line as it comes,
+    so a test can act on what the run reports (events, never timers)."""
+
+    def __init__(self, args):
+        self.process = subprocess.Popen(["bash", str(ROOT / "runner"), *map(str, args)], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=RUNNER_ENV)
+        self.lines = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self.lines.append(None)   # end of output
+            self._changed.notify_all()
+
+    def wait_for_line(self, pattern, timeout=120):
+        """The first stdout line matching ``pattern``; fails if the run ends or the time runs out first."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                match = next((l for l in self.lines if l is not None and regex.search(l)), None)
+                if match is not None:
+                    return match
+                assert None not in self.lines, f"the run ended before {pattern!r}: {self.lines}"
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"no {pattern!r} in {timeout} s: {self.lines}"
+                self._changed.wait(remaining)
+
+    def wait_for_file(self, folder, pattern, timeout=120):
+        """Poll (2 ms) until a file matching ``pattern`` exists in ``folder``: the only event a
+        checkpoint write gives. Returns the matches, or [] if the run ended first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = list(Path(folder).glob(pattern))
+            if found or self.process.poll() is not None:
+                return found
+            time.sleep(0.002)
+        raise AssertionError(f"no {pattern} in {folder} within {timeout} s")
+
+    def kill(self, signum=signal.SIGKILL):
+        self.process.send_signal(signum)
+        self.process.wait(timeout=60)
+        with self._changed:
+            self._changed.wait_for(lambda: None in self.lines, timeout=30)
+        return self.process.returncode, "\n".join(l for l in self.lines if l is not None), self.process.stderr.read()
+
+
+# Ten well-apart colours: a class each.
+PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+           (145, 30, 180), (70, 240, 240), (240, 50, 230), (250, 190, 190), (0, 128, 128)]
+
+
+def write_palette_sets(folder: Path, train: int, val: int) -> Path:
+    """train/val RecordIO sets that ResNet18 at 32 px learns in a few dozen
+    steps: record i is a solid JPEG of class i % 10's colour in one of five
+    shades. In val, every 20th record (5%) carries the next class's label, so
+    top-1 can reach 0.95 and never 1.0 (MLPerf's checker wants an accuracy
+    below 1)."""
+    from visionbench.selftest import SET_SIZES, write_colour_set
+
+    def jpeg(index: int) -> bytes:
+        height, width = SET_SIZES[index % len(SET_SIZES)]
+        image = np.empty((height, width, 3), np.uint8)
+        image[:] = np.clip(np.array(PALETTE[index % 10]) + 6 * ((index // 10) % 5) - 12, 0, 255)
+        return cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_colour_set(folder / "train", train, labels=[i % 10 for i in range(train)], payload_of=jpeg)
+    write_colour_set(folder / "val", val, labels=[(i + 1) % 10 if i % 20 == 19 else i % 10 for i in range(val)],
+                     payload_of=jpeg)
+    return folder

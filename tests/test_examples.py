@@ -28,7 +28,7 @@ def example_argv(name):
     line = next(l for l in (ROOT / "examples" / name).read_text().splitlines() if l.startswith("exec "))
     words = shlex.split(line)
     runner = next(i for i, w in enumerate(words) if w.endswith(("/runner", "benchmark.py")))
-    return [w.replace("${MASTER_PORT:-9000}", "9000").replace("$NODE_RANK", "0").replace("$MASTER_ADDR", "10.0.0.1")
+    return [w.replace("${MASTER_PORT:-9000}", "9000").replace("${MLPERF_LOG:-mlperf-resnet.log}", "mlperf-resnet.log").replace("$NODE_RANK", "0").replace("$MASTER_ADDR", "10.0.0.1")
             for w in words[runner + 1:words.index("$@")]]
 
 
@@ -40,7 +40,7 @@ def test_the_published_set_exists():
     assert set(EXAMPLES) == {f"RN50_{p}_{n}GPU.sh" for p in ("FP16", "FP32") for n in (1, 4, 8)} | {
         "RN50_FP16_8GPU_PHASES.sh", "RN9_CIFAR10_DAWN.sh", "SCORE_FP16.sh", "SCORE_FP32.sh",
         "BENCHMARK_FP16.sh", "BENCHMARK_FP32.sh", "INFER_BENCHMARK_FP16.sh", "INFER_BENCHMARK_FP32.sh",
-        "RN50_FP16_2x8GPU_DIST.sh"}
+        "RN50_FP16_2x8GPU_DIST.sh", "RN50_MLPERF_8GPU.sh"}
 
 
 # The README's recipe table, field by field (README.md, "Recipes").
@@ -60,6 +60,14 @@ RECIPES = {
     "RN9_CIFAR10_DAWN.sh": dict(arch="resnet9", num_classes=10, augment="cifar", image_size=32, batch_size=512,
                                 num_devices=1, dtype="float16", wd=5e-4, momentum=0.9, nesterov=True,
                                 target_top1=0.94, data_backend="dali-gpu"),
+    # MLPerf Training v4.0's closed ResNet-50 recipe at 8 x 204 (global batch 1632, base LR 7.4).
+    "RN50_MLPERF_8GPU.sh": dict(arch="resnetv15", num_layers=50, num_devices=8, batch_size=204, dtype="float16",
+                                input_layout="NHWC", data_backend="dali-gpu", mode="train_val", num_epochs=37,
+                                optimizer="lars", lars_eta=0.001, lars_epsilon=0.0, lr_schedule="poly",
+                                warmup_epochs=2.0, end_lr=1e-4, lr_power=2.0, wd=5e-5, momentum=0.9,
+                                nesterov=False, label_smoothing=0.1, eval_offset=2, eval_period=4,
+                                target_top1=0.759, mlperf_log="mlperf-resnet.log", mlperf_division="closed",
+                                save_frequency=0),
     "SCORE_FP16.sh": dict(mode="val", dtype="float16", input_layout="NHWC", batch_size=256, data_backend="dali-gpu"),
     "SCORE_FP32.sh": dict(mode="val", dtype="float32", input_layout="NCHW", batch_size=256, data_backend="dali-gpu"),
 }
@@ -70,7 +78,8 @@ def test_each_recipe_resolves_to_what_the_readme_promises(name):
     config = example_config(name)
     got = {field: getattr(config, field) for field in RECIPES[name]}
     assert got == RECIPES[name]
-    family = re.sub(r"_[148]GPU\.sh$", "_{1,4,8}GPU.sh", name) if "PHASES" not in name and "2x8" not in name else name
+    per_count = name.startswith(("RN50_FP16_", "RN50_FP32_")) and "PHASES" not in name and "2x8" not in name
+    family = re.sub(r"_[148]GPU\.sh$", "_{1,4,8}GPU.sh", name) if per_count else name
     table = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `")]
     assert any(f"`{family}`" in line for line in table), f"{family} is not in the README's recipe table"
 
@@ -113,6 +122,20 @@ def test_phases_recipe():
     assert [plan.settings(e).rect_val for e in (24, 25)] == [False, True]   # rect val last
     assert (plan.settings(0).trndir, plan.settings(13).trndir, plan.settings(25).trndir) == ("-sz/160", "-sz/320", "")
     assert rows[(0, 0)][0] == pytest.approx(1.0) and rows[(7, 0)][0] == pytest.approx(2.0)
+
+
+def test_mlperf_recipe_schedule_and_validation_epochs():
+    config = example_config("RN50_MLPERF_8GPU.sh")
+    steps = 4
+    rows = _rows(config, 8, steps)
+    assert len(rows) == 37 * steps
+    # Warmup to 7.4 over 2 epochs, then 7.4 -> 1e-4 with power 2 over the 35 after it.
+    assert rows[(1, 3)][0] == pytest.approx(7.4) and rows[(36, 3)][0] == pytest.approx(1e-4)
+    # Step i of an epoch runs at the LR of progress epoch + (i + 1) / steps: 19 + 3/4 is 17.75 epochs past the warmup.
+    assert rows[(19, 2)][0] == pytest.approx(1e-4 + (7.4 - 1e-4) * (1 - (17.75 / 35)) ** 2)
+    plan = make_plan(config, 8, lambda settings: steps)
+    # After the 3rd, 7th, .., 35th epoch as the epoch lines count them (NVIDIA's "targeting epoch 35"), and the 37th.
+    assert [e + 1 for e in range(37) if plan.validates(e)] == [3, 7, 11, 15, 19, 23, 27, 31, 35, 37]
 
 
 def test_cifar_dawn_schedule():

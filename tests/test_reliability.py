@@ -5,20 +5,15 @@ import json
 import re
 import signal
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT, one_line_error, run_runner
+from conftest import Job, one_line_error, run_runner
 from visionbench.engine import checkpoint
 from visionbench.report.schema import validate_report
-
-ENV = {"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}
 
 
 def _args(prefix, *extra):
@@ -36,59 +31,6 @@ def _same_weights(a, b):
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
-
-
-class Job:
-    """./runner in the background, its stdout read line by line as it comes,
-    so a test can act on what the run reports (events, never timers)."""
-
-    def __init__(self, args):
-        self.process = subprocess.Popen(["bash", str(ROOT / "runner"), *map(str, args)], stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, env=ENV)
-        self.lines = []
-        self._changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.process.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self.lines.append(None)   # end of output
-            self._changed.notify_all()
-
-    def wait_for_line(self, pattern, timeout=120):
-        """The first stdout line matching ``pattern``; fails if the run ends or the time runs out first."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                match = next((l for l in self.lines if l is not None and regex.search(l)), None)
-                if match is not None:
-                    return match
-                assert None not in self.lines, f"the run ended before {pattern!r}: {self.lines}"
-                remaining = deadline - time.monotonic()
-                assert remaining > 0, f"no {pattern!r} in {timeout} s: {self.lines}"
-                self._changed.wait(remaining)
-
-    def wait_for_file(self, folder, pattern, timeout=120):
-        """Poll (2 ms) until a file matching ``pattern`` exists in ``folder``: the only event a
-        checkpoint write gives. Returns the matches, or [] if the run ended first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = list(Path(folder).glob(pattern))
-            if found or self.process.poll() is not None:
-                return found
-            time.sleep(0.002)
-        raise AssertionError(f"no {pattern} in {folder} within {timeout} s")
-
-    def kill(self, signum=signal.SIGKILL):
-        self.process.send_signal(signum)
-        self.process.wait(timeout=60)
-        with self._changed:
-            self._changed.wait_for(lambda: None in self.lines, timeout=30)
-        return self.process.returncode, "\n".join(l for l in self.lines if l is not None), self.process.stderr.read()
 
 
 def _resumed_from(out):

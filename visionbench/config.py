@@ -283,6 +283,12 @@ def resolve(argv: Optional[Sequence[str]] = None, prog: str = "train.py") -> Con
 
 
 def check(config: Config) -> None:
+    import math
+
+    for f in fields(Config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{f.name.replace('_', '-')} must be a finite number, got {value}")
     for name in ("num_devices", "batch_size", "image_size", "num_classes", "num_examples"):
         if getattr(config, name) < 1:
             raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
@@ -389,6 +395,10 @@ def check_mlperf(config: Config) -> None:
         raise UsageError("--mlperf-log times training on a real data set, not --data-backend synthetic")
     if config.phases:
         raise UsageError("--mlperf-log records one batch size and schedule; --phases changes them (not MLPerf's recipe)")
+    for name in ("report", "dawn_tsv"):
+        other = getattr(config, name)
+        if other and Path(other).resolve() == Path(config.mlperf_log).resolve():
+            raise UsageError(f"--mlperf-log and --{name.replace('_', '-')} name the same file {other}")
     if not Path(config.mlperf_log).parent.is_dir():
         raise UsageError(f"--mlperf-log {config.mlperf_log}: folder {Path(config.mlperf_log).parent} does not exist")
     for name in ("mlperf_org", "mlperf_platform"):
@@ -415,8 +425,9 @@ def check_mlperf(config: Config) -> None:
         base_lr = config.lr * global_batch_size(config) / 256
         if not _whole(base_lr / 0.001):
             problems.append(f"a base LR that is a multiple of 0.001 (--lr x global batch / 256 = {base_lr:.6g})")
-        if config.momentum != 0.9:
-            problems.append(f"--momentum 0.9 (got {config.momentum})")
+    # (LARS above a global batch of 32k may choose its momentum.)
+    if (config.optimizer == "sgd" or global_batch_size(config) < 32768) and config.momentum != 0.9:
+        problems.append(f"--momentum 0.9 (got {config.momentum})")
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UsageError(f"--mlperf-division closed needs {problems[0]}{more}: MLPerf's closed rules fix these; "

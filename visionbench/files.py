@@ -177,8 +177,9 @@ def drop_from_page_cache(paths) -> bool:
     """Ask the kernel to drop ``paths``' pages from its page cache
     (posix_fadvise DONTNEED: no root needed, unlike /proc/sys/vm/drop_caches),
     so that a timed run reads its data from the disk as MLPerf's rules ask
-    ("flush the cache ... prior to benchmarking"). Pages another process has
-    dirty or mapped may stay. True when every file was asked."""
+    ("flush the cache ... prior to benchmarking"). Dirty pages cannot be
+    dropped: each file is written back first (fsync). Pages another process
+    has mapped may stay. True when every file was asked."""
     import os
 
     asked = True
@@ -189,6 +190,7 @@ def drop_from_page_cache(paths) -> bool:
             asked = False
             continue
         try:
+            os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)   # offset 0, length 0: the whole file
         except OSError:
             asked = False

@@ -197,7 +197,19 @@ def _train(config: Config, devices, group, stop: StopRequest) -> int:
     resuming = bool(start_epoch or start_iteration)
     if rank == 0:
         _check_outputs(config, resuming)
-    meta = load_meta(prefix, start_epoch, start_iteration) if resuming else None
+    meta = None
+    if resuming:
+        meta = load_meta(prefix, start_epoch, start_iteration)
+        name = checkpoint_paths(prefix, start_epoch, start_iteration)["meta"].with_suffix("")
+        if meta.get("model") != model_name(config) or meta.get("classes") != config.num_classes:
+            raise UsageError(f"checkpoint {name} holds {meta.get('model')} with "
+                             f"{meta.get('classes')} classes, not {model_name(config)} with {config.num_classes}")
+        if meta.get("dtype", config.dtype) != config.dtype:
+            # float16 and float32 runs keep different optimizer states (master weights)
+            raise UsageError(f"checkpoint {name} was trained in {meta['dtype']}: resume it with --dtype "
+                             f"{meta['dtype']}, or score it with --mode val")
+        say(f"resuming from {name} (epoch {start_epoch} of {plan.epochs} done"
+            f"{f', and {start_iteration} steps of the next' if start_iteration else ''})", flush=True)
     reached = _target_reached(config, meta["epochs"] if meta else [])
     if reached is not None or start_epoch >= plan.epochs:
         say(f"{prefix}: " + (f"--target-top1 {config.target_top1} was reached at epoch {reached['epoch'] + 1} "
@@ -258,16 +270,15 @@ def _start_mlperf_run(config: Config, mlperf, plan: TrainingPlan, devices_total:
 
     if not config.mlperf_log:
         return
-    cleared = drop_from_page_cache(_data_files(config, plan))
-    if not mlperf.writes:
-        return   # a worker other than rank 0
     settings = plan.settings(0)
     folder = data_folder(config, settings)
+    samples = {split: len(read_index_file(folder / f"{split}.idx")) for split in ("train", "val")}
+    cleared = drop_from_page_cache(_data_files(config, plan))   # after the last read before run_start
+    if not mlperf.writes:
+        return   # a worker other than rank 0
     global_batch = settings.batch_size * devices_total
-    log_run_settings(mlperf, config, global_batch=global_batch,
-                     train_samples=len(read_index_file(folder / "train.idx")),
-                     eval_samples=len(read_index_file(folder / "val.idx")),
-                     steps_per_epoch=plan.steps_of(settings), base_lr=config.lr * global_batch / 256,
+    log_run_settings(mlperf, config, global_batch=global_batch, train_samples=samples["train"],
+                     eval_samples=samples["val"], steps_per_epoch=plan.steps_of(settings), base_lr=config.lr * global_batch / 256,
                      platform=config.mlperf_platform or platform_name(config.device, devices_total, config.nnodes),
                      cache_cleared=cleared)
     mlperf.stop("init_start")
@@ -290,22 +301,12 @@ def _train_run(config: Config, devices, group, stop: StopRequest, plan: Training
     records: List[dict] = []
     progress = EpochProgress()
     if meta is not None:
-        name = checkpoint_paths(prefix, start_epoch, start_iteration)["meta"].with_suffix("")
-        if meta.get("model") != model_name(config) or meta.get("classes") != config.num_classes:
-            raise UsageError(f"checkpoint {name} holds {meta.get('model')} with "
-                             f"{meta.get('classes')} classes, not {model_name(config)} with {config.num_classes}")
-        if meta.get("dtype", config.dtype) != config.dtype:
-            # float16 and float32 runs keep different optimizer states (master weights)
-            raise UsageError(f"checkpoint {name} was trained in {meta['dtype']}: resume it with --dtype "
-                             f"{meta['dtype']}, or score it with --mode val")
         load_weights(net, prefix, start_epoch, devices, start_iteration)
         load_states(trainer, prefix, start_epoch, start_iteration)
         scaler.restore(meta["loss_scaler"])
         records = meta["epochs"]
         if start_iteration:
             progress = EpochProgress(**meta["progress"])
-        say(f"resuming from {name} (epoch {start_epoch} of {plan.epochs} done"
-            f"{f', and {start_iteration} steps of the next' if start_iteration else ''})", flush=True)
     group.prepare_trainer(trainer, net.collect_params())
     env = environment(config.device, len(devices) * num_workers)
     config_record = to_dict(config)
@@ -374,6 +375,8 @@ def _train_run(config: Config, devices, group, stop: StopRequest, plan: Training
             scores = evaluate(net, val_loader, epoch, group)
             mlperf.stop("eval_start")
             mlperf.event("eval_accuracy", scores["val_top1"], epoch_num=epoch + 1)
+            if _target_reached(config, [scores]) is not None:
+                mlperf.finish(SUCCESS)   # the timed run ends here: the checkpoint and reports below are not in it
             record.update({k: scores[k] for k in ("val_top1", "val_top5", "val_ips", "val_s", "val_images")})
             record["skipped_records"] += scores["skipped_records"]
         records.append(record)
@@ -391,7 +394,6 @@ def _train_run(config: Config, devices, group, stop: StopRequest, plan: Training
         if reached is not None:
             say(f"val top-1 {record['val_top1']:.4f} reached --target-top1 {config.target_top1} at epoch "
                 f"{epoch + 1}: stopping ({elapsed:.1f} s of training)", flush=True)
-            mlperf.finish(SUCCESS)
             break
         if stop.requested and not last:
             raise Interrupted(f"stopped by {signal.Signals(stop.requested).name} after epoch {epoch + 1}: "

@@ -71,19 +71,24 @@ class MlperfLog:
 
     def finish(self, status: str) -> None:
         """Close every interval still open, then ``run_stop`` with ``status``
-        (once; later calls do nothing)."""
+        (once; later calls do nothing). A log that never reached
+        ``run_start`` (the run failed while starting) is removed: it holds no
+        run, and a rerun of the same command must not find it in its way."""
         if self.finished:
             return
         self.finished = True
         try:
-            for key, _ in reversed(list(self._open)):
-                if key == "run_start":
-                    self.stop(key, status=status)
-                else:
-                    self.stop(key)
+            if self.run_started:
+                for key, _ in reversed(list(self._open)):
+                    if key == "run_start":
+                        self.stop(key, status=status)
+                    else:
+                        self.stop(key)
         finally:
             self._logger.removeHandler(self._handler)
             self._handler.close()
+            if not self.run_started:
+                self.path.unlink(missing_ok=True)
 
 
 def _stop_key(start_key: str) -> str:
