@@ -158,6 +158,37 @@ def test_sigterm_leaves_a_complete_aborted_log_and_the_resume_writes_its_own(pal
     assert values(own, "submission_division") == ["open"]
 
 
+def test_an_sgd_run_logs_the_sgd_keys_the_checker_wants(tmp_path):
+    """--optimizer sgd logs sgd_opt_* (and opt_learning_rate_warmup_epochs)
+    instead of lars_opt_*: one epoch's log, written in this process as the
+    trainer writes it, judged by the checker."""
+    from visionbench.config import resolve
+    from visionbench.report.mlperf_log import SUCCESS, MlperfLog, log_run_settings
+
+    # Base LR 2.048 x 16 / 256 = 0.128: a multiple of 0.001, as the closed rules want for SGD.
+    config = resolve(["--device", "cpu", "-b", "16", "--lr", "2.048", "--lr-schedule", "poly", "--data-root",
+                      str(tmp_path), "--mlperf-log", str(tmp_path / "sgd.log"), "--target-top1", "0.759"])
+    log = MlperfLog(tmp_path / "sgd.log")
+    log.start("init_start")
+    log_run_settings(log, config, global_batch=16, train_samples=160, eval_samples=100, steps_per_epoch=10,
+                     base_lr=0.128, platform="1xtest", cache_cleared=True)
+    log.stop("init_start")
+    log.start("run_start")
+    log.start("block_start", first_epoch_num=1, epoch_count=1)
+    log.start("epoch_start", epoch_num=1)
+    log.stop("epoch_start")
+    log.stop("block_start")
+    log.start("eval_start", epoch_num=1)
+    log.stop("eval_start")
+    log.event("eval_accuracy", 0.8, epoch_num=1)
+    log.finish(SUCCESS)
+    status, output = check_compliance(tmp_path / "sgd.log", tmp_path)
+    assert status == 0 and output.rstrip().endswith("SUCCESS"), output
+    assert values(tmp_path / "sgd.log", "opt_name") == ["sgd"]
+    assert values(tmp_path / "sgd.log", "sgd_opt_base_learning_rate") == [0.128]
+    assert not [r for r in records(tmp_path / "sgd.log") if r["key"].startswith("lars_")]
+
+
 @pytest.mark.skipif(shutil.which("fincore") is None, reason="fincore (util-linux) is not installed")
 def test_page_cache_is_dropped_for_the_data_files(tmp_path):
     """cache_clear is logged true because the data files' pages really leave
