@@ -278,7 +278,8 @@ def _start_mlperf_run(config: Config, mlperf, plan: TrainingPlan, devices_total:
         return   # a worker other than rank 0
     global_batch = settings.batch_size * devices_total
     log_run_settings(mlperf, config, global_batch=global_batch, train_samples=samples["train"],
-                     eval_samples=samples["val"], steps_per_epoch=plan.steps_of(settings), base_lr=config.lr * global_batch / 256,
+                     eval_samples=samples["val"], steps_per_epoch=plan.steps_of(settings),
+                     base_lr=config.lr * global_batch / 256,
                      platform=config.mlperf_platform or platform_name(config.device, devices_total, config.nnodes),
                      cache_cleared=cleared)
     mlperf.stop("init_start")
