@@ -3,6 +3,7 @@ on real val images (or synthetic batches), scored and timed on the CPU."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -21,10 +22,28 @@ def scores(stdout: str) -> dict:
     return found
 
 
+# Epochs the module's model trains: enough for a val top-1 near 0.99 (0.995
+# on an AMD EPYC with AVX-512 VNNI; 0.775 after 5, when a quarter of the
+# images sat near a class boundary and oneDNN's int8 kernels of one CPU moved
+# 7 of them across it while another CPU's moved 3).
+EPOCHS = 10
+LAST, BEFORE_LAST = f"m-{EPOCHS:04d}", f"m-{EPOCHS - 1:04d}"
+
+
+def int8_margin(top1: float, images: int) -> float:
+    """How far INT8's top-1 may stray from float32's on ``images`` images and
+    still count as keeping the model's accuracy: three standard errors of a
+    top-1 of ``top1`` measured on that many images, and at least one point
+    (4 images of 400), since at a top-1 near 1 the error shrinks to below one
+    image while oneDNN's kernels still differ from CPU to CPU (AVX2,
+    AVX-512 VNNI, AMX round differently)."""
+    return max(0.01, 3 * math.sqrt(top1 * (1 - top1) / images))
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """ResNet18 v1.5 at 32 px trained for 5 epochs (about 30 s) on a set it
-    learns fast: solid colours whose green level spells the class (the
+    """ResNet18 v1.5 at 32 px trained for EPOCHS epochs (about 20 s) on a set
+    it learns fast: solid colours whose green level spells the class (the
     self-test's colour set), 400 train and 400 val images, so that one point
     of top-1 is 4 images."""
     from visionbench.selftest import write_colour_set
@@ -37,14 +56,14 @@ def trained(tmp_path_factory):
         write_colour_set(data / split, 400, labels=labels)
     prefix = folder / "m"
     result = run_runner("--device", "cpu", "-n", "1", "-b", "32", "--data-root", data, "--image-size", "32",
-                        "--num-layers", "18", "--num-classes", "10", "-e", "5", "--lr", "0.1",
+                        "--num-layers", "18", "--num-classes", "10", "-e", str(EPOCHS), "--lr", "0.1",
                         "--warmup-epochs", "0", "--lr-schedule", "cosine", "--mode", "train", "--model-prefix", prefix)
     assert result.returncode == 0, result.stderr
     return data, prefix
 
 
 VAL_INT8 = ("--mode", "val", "--dtype", "int8", "--device", "cpu", "-n", "1", "-b", "32", "--image-size", "32",
-            "--num-layers", "18", "--num-classes", "10", "--load-epoch", "5")
+            "--num-layers", "18", "--num-classes", "10", "--load-epoch", str(EPOCHS))
 
 
 def score_int8(data, prefix, *extra):
@@ -65,22 +84,22 @@ def test_int8_scores_within_one_point_of_float32_and_the_calibrated_model_is_reu
     from visionbench.engine.checkpoint import complete_epochs, foreign_files
 
     data, prefix = trained
-    checkpoint = prefix.parent / "m-0005.params"
+    checkpoint = prefix.parent / f"{LAST}.params"
     before, epochs = checkpoint.read_bytes(), complete_epochs(prefix)
     first = score_int8(data, prefix, "--calib-images", "200")
     assert first.returncode == 0, first.stderr
     got = scores(first.stdout)
     float32, int8 = (float(got[d]["top1"]) for d in ("float32", "int8"))
     assert got["int8"]["images"] == got["float32"]["images"] == "400"
-    assert float32 > 0.3, first.stdout   # a model that learned something, so that agreement means something
-    assert abs(int8 - float32) <= 0.01, first.stdout
+    assert float32 >= 0.9, first.stdout   # a model that learned, so that agreement means something
+    assert abs(int8 - float32) <= int8_margin(float32, 400), first.stdout
     assert "naive calibration on 200 val images" in got["int8"]["how"]
-    kept = sorted(p.name for p in prefix.parent.glob("m-0005.int8-naive-200-*"))
+    kept = sorted(p.name for p in prefix.parent.glob(f"{LAST}.int8-naive-200-*"))
     stem = kept[0].split(".")[1]   # int8-naive-200-KEY: one model, three files
-    assert kept == [f"m-0005.{stem}.json", f"m-0005.{stem}.params", f"m-0005.{stem}.symbol.json"], kept
+    assert kept == [f"{LAST}.{stem}.json", f"{LAST}.{stem}.params", f"{LAST}.{stem}.symbol.json"], kept
 
     again = score_int8_here(capsys, data, prefix, "--calib-images", "200")
-    assert "reused from m-0005.int8-naive-200-" in again["int8"]["how"], again
+    assert f"reused from {LAST}.int8-naive-200-" in again["int8"]["how"], again
     assert again["int8"]["top1"] == got["int8"]["top1"] and again["int8"]["top5"] == got["int8"]["top5"]
 
     # the saved graph is an INT8 one: oneDNN convolutions marked quantized
@@ -94,13 +113,34 @@ def test_int8_scores_within_one_point_of_float32_and_the_calibrated_model_is_reu
 
     # the checkpoint is untouched, and a later training run on this prefix sees nothing foreign
     assert checkpoint.read_bytes() == before
-    assert foreign_files(prefix) == [] and complete_epochs(prefix) == epochs == [4, 5]
+    assert foreign_files(prefix) == [] and complete_epochs(prefix) == epochs == [EPOCHS - 1, EPOCHS]
+
+
+def test_a_calibration_that_clips_activations_falls_outside_the_margin(trained, tmp_path, monkeypatch, capsys):
+    """The accuracy bound can fail: calibrating on the val images at half
+    their values gives ranges half as wide as the activations need, so INT8
+    saturates (top-1 0.60 against 0.97 on an AMD EPYC)."""
+    import shutil
+
+    from visionbench.engine import quantize
+
+    data, prefix = trained
+    copy = tmp_path / "m"
+    for path in prefix.parent.glob(f"{LAST}*"):
+        if ".int8-" not in path.name:
+            shutil.copy(path, tmp_path / path.name)
+    shutil.copy(prefix.parent / "m-symbol.json", tmp_path / "m-symbol.json")
+    real = quantize.quantize
+    monkeypatch.setattr(quantize, "quantize", lambda net, images, *a, **k: real(net, images * 0.5, *a, **k))
+    got = score_int8_here(capsys, data, copy, "--calib-images", "200")
+    float32, int8 = (float(got[d]["top1"]) for d in ("float32", "int8"))
+    assert float32 - int8 > int8_margin(float32, 400), got
 
 
 def test_a_damaged_saved_model_is_calibrated_again(trained, capsys):
     data, prefix = trained
     score_int8_here(capsys, data, prefix, "--calib-images", "32")
-    (params,) = prefix.parent.glob("m-0005.int8-naive-32-*.params")
+    (params,) = prefix.parent.glob(f"{LAST}.int8-naive-32-*.params")
     params.write_bytes(params.read_bytes()[:100])
     assert "reused" not in score_int8_here(capsys, data, prefix, "--calib-images", "32")["int8"]["how"]
     # ... and replaced by a complete one
@@ -119,10 +159,10 @@ def test_a_saved_model_from_other_weights_is_not_reused(trained, tmp_path, capsy
     for path in prefix.parent.glob("m-*"):
         shutil.copy(path, tmp_path / path.name)
     assert "reused" in score_int8_here(capsys, data, copy, "--calib-images", "16")["int8"]["how"]
-    weights = mx.nd.load(str(tmp_path / "m-0005.params"))
+    weights = mx.nd.load(str(tmp_path / f"{LAST}.params"))
     name = sorted(weights)[0]
     weights[name] = weights[name] * 0.5
-    mx.nd.save(str(tmp_path / "m-0005.params"), weights)
+    mx.nd.save(str(tmp_path / f"{LAST}.params"), weights)
     assert "reused" not in score_int8_here(capsys, data, copy, "--calib-images", "16")["int8"]["how"]
 
 
@@ -172,14 +212,14 @@ def test_pruning_a_checkpoint_removes_its_int8_models_and_nothing_else(trained, 
     data, prefix = trained
     copy = tmp_path / "m"
     for path in prefix.parent.glob("m-*"):
-        if not path.name.startswith("m-0005.int8"):
+        if not path.name.startswith(f"{LAST}.int8"):
             shutil.copy(path, tmp_path / path.name)
-    score_int8_here(capsys, data, copy, "--calib-images", "16", "--load-epoch", "4")
-    assert len(list(tmp_path.glob("m-0004.int8-*"))) == 3
-    (tmp_path / "m-0004.int8-mine.txt").write_text("a user's file")
+    score_int8_here(capsys, data, copy, "--calib-images", "16", "--load-epoch", str(EPOCHS - 1))
+    assert len(list(tmp_path.glob(f"{BEFORE_LAST}.int8-*"))) == 3
+    (tmp_path / f"{BEFORE_LAST}.int8-mine.txt").write_text("a user's file")
     prune(copy, keep_last=1, best_epoch=None)
-    assert complete_epochs(copy) == [5]
-    assert [p.name for p in tmp_path.glob("m-0004*")] == ["m-0004.int8-mine.txt"]
+    assert complete_epochs(copy) == [EPOCHS]
+    assert [p.name for p in tmp_path.glob(f"{BEFORE_LAST}*")] == [f"{BEFORE_LAST}.int8-mine.txt"]
 
 
 @pytest.mark.parametrize("argv, message", [
