@@ -30,6 +30,14 @@ def resolve_devices(config: Config) -> Config:
     return replace(config, device=device, data_backend=backend)
 
 
+def refuse_what_cannot_fit(config: Config, workers: int) -> None:
+    """CPU training whose memory estimate is far beyond this machine's: exit 2
+    now, not a SIGKILL from the out-of-memory killer later (engine/memory.py)."""
+    if config.device == "cpu" and config.mode in ("train", "train_val"):
+        from .engine.memory import refuse_if_it_cannot_fit
+        refuse_if_it_cannot_fit(config, workers)
+
+
 def run_io(config: Config) -> int:
     from .bench.io import format_io_report, measure_loader
     from .data.loader import make_loader
@@ -47,18 +55,21 @@ def run_io(config: Config) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     config = resolve_devices(resolve(argv))
+    from .engine.gpu_settings import apply_environment
+    from .engine.plan import uses_rect_val
+    # Before the self-test too: it must run the steps real runs take (aggregated updates, fusion settings).
+    apply_environment(config.device, uses_rect_val(config))
     if config.self_test:
         from .selftest import run_self_test
         return run_self_test(config)
     check_data_root(config)
-    from .engine.gpu_settings import apply_environment
-    from .engine.plan import uses_rect_val
-    apply_environment(config.device, uses_rect_val(config))
     distributed = config.kv_store in DIST_KV_STORES
     if config.print_schedule:
         from .engine.run import print_schedule
         workers = config.nnodes * config.local_workers if distributed else 1
         return print_schedule(config, config.num_devices, workers)
+    if "DMLC_ROLE" not in os.environ:   # a job's workers: their launcher checked for all of them
+        refuse_what_cannot_fit(config, config.local_workers if distributed else 1)
     if distributed and "DMLC_ROLE" not in os.environ:
         # This process launches the job; the workers it starts run this same command line.
         # Bad input is refused here, once, before any process starts.
@@ -77,11 +88,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if config.mode == "inference":
         from .bench.inference import run_inference
         return run_inference(config, make_contexts(config.device, config.num_devices))
-    from .engine.launch import LOCAL_WORKER_ENV
-
     group = make_group(config.kv_store)
-    # The GPUs of this worker: horovod's local rank, or the launcher's local worker index x -n.
-    first = getattr(group, "local_rank", int(os.environ.get(LOCAL_WORKER_ENV, "0")) * config.num_devices)
+    # The GPUs of this worker: horovod's local rank; a worker of our launcher sees only its own
+    # -n GPUs (CUDA_VISIBLE_DEVICES, engine/launch.py), numbered from 0.
+    first = getattr(group, "local_rank", 0)
     return train(config, make_contexts(config.device, config.num_devices, first), group)
 
 

@@ -9,7 +9,10 @@ the whole job runs on 127.0.0.1.
 The launcher supervises its processes: when every worker has finished it
 lets the servers and the scheduler end (or ends them); when any process
 fails, it stops all the others at once and exits with the failing worker's
-status and its last error line. Children are started with PR_SET_PDEATHSIG
+status and its last error line (a SIGKILL that nothing in the job sent is
+explained: most likely the out-of-memory killer, with the run's memory
+estimate against the machine's). On GPUs, each worker sees only its own
+``-n`` GPUs through CUDA_VISIBLE_DEVICES. Children are started with PR_SET_PDEATHSIG
 (Linux), so even a SIGKILLed launcher leaves nothing behind.
 """
 from __future__ import annotations
@@ -24,9 +27,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Deque, List, Sequence
+from typing import Deque, List, Optional, Sequence
 
-from ..cli import EXIT_SIGTERM, EXIT_USAGE, Interrupted, Terminated, die_with_parent
+from ..cli import EXIT_SIGTERM, EXIT_USAGE, Interrupted, Terminated, UsageError, die_with_parent
 from ..config import Config
 
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
@@ -71,6 +74,37 @@ def job_environment(config: Config, port: int, role: str) -> dict:
     return env
 
 
+def gpu_assignment(visible: Optional[str], count: Optional[int], workers: int, per_worker: int) -> List[str]:
+    """CUDA_VISIBLE_DEVICES of each of this machine's workers: consecutive
+    ``per_worker`` GPUs of those this process sees (``visible``: its own
+    CUDA_VISIBLE_DEVICES, indices or UUIDs; else GPUs 0..count-1). A worker
+    that sees only its own GPUs creates no CUDA context on the others (every
+    CUDA process otherwise takes memory on GPU 0)."""
+    gpus = [g.strip() for g in visible.split(",") if g.strip()] if visible is not None else \
+        [str(i) for i in range(count or 0)]
+    need = workers * per_worker
+    if need > len(gpus):
+        seen = f"CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "visible to MXNet"
+        raise UsageError(f"--local-workers {workers} x -n {per_worker} needs {need} GPUs on this machine; "
+                         f"{len(gpus)} are {seen}")
+    return [",".join(gpus[i * per_worker:(i + 1) * per_worker]) for i in range(workers)]
+
+
+def worker_environments(config: Config, port: int, environ=os.environ) -> List[dict]:
+    """The environment of each of this machine's workers."""
+    envs = [dict(job_environment(config, port, "worker"), **{LOCAL_WORKER_ENV: str(i)})
+            for i in range(config.local_workers)]
+    if config.device == "gpu":
+        visible = environ.get("CUDA_VISIBLE_DEVICES")
+        count = None
+        if visible is None:
+            import mxnet as mx
+            count = mx.context.num_gpus()
+        for env, gpus in zip(envs, gpu_assignment(visible, count, config.local_workers, config.num_devices)):
+            env["CUDA_VISIBLE_DEVICES"] = gpus
+    return envs
+
+
 def _collect_stderr(child: Child) -> None:
     """Keep the child's last stderr lines (read in a thread so the pipe never fills)."""
     for line in child.process.stderr:
@@ -99,9 +133,14 @@ def _stop(children: Sequence[Child]) -> None:
             child.process.wait()
 
 
-def _failure(child: Child, total_workers: int) -> str:
+def _failure(child: Child, config: Config) -> str:
+    total_workers = config.local_workers
     code = child.process.returncode
     how = (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
+    if code == -signal.SIGKILL:
+        # Failures are read before _stop sends anything: this SIGKILL came from outside the job.
+        from .memory import sigkill_explanation
+        how += f", which nothing in this job sent: {sigkill_explanation(config, total_workers)}"
     detail = child.last_lines[-1] if child.last_lines else "no error message"
     who = f"worker {child.index} of {total_workers} on this node" if child.role == "worker" else child.name
     return f"{who} failed ({how}): {detail}; every other process of the job was stopped"
@@ -130,6 +169,7 @@ def launch(config: Config, argv: Sequence[str]) -> int:
     """Run this node's scheduler/servers/workers until the job ends; returns the exit status."""
     port = config.master_port or (free_port() if config.nnodes == 1 else DEFAULT_PORT)
     children: List[Child] = []
+    worker_envs = worker_environments(config, port)   # may refuse (too few GPUs) before anything starts
     try:
         if config.node_rank == 0:
             children.append(_start("scheduler", 0, [sys.executable, "-c", "import mxnet"],
@@ -138,9 +178,8 @@ def launch(config: Config, argv: Sequence[str]) -> int:
             # Importing mxnet with DMLC_ROLE=server runs the server loop and exits.
             children.append(_start("server", i, [sys.executable, "-c", "import mxnet"],
                                    job_environment(config, port, "server")))
-        workers = [_start("worker", i, [sys.executable, str(TRAIN_PY), *argv],
-                          dict(job_environment(config, port, "worker"), **{LOCAL_WORKER_ENV: str(i)}))
-                   for i in range(config.local_workers)]
+        workers = [_start("worker", i, [sys.executable, str(TRAIN_PY), *argv], env)
+                   for i, env in enumerate(worker_envs)]
         children += workers
         print(f"started {config.local_workers} worker(s) and {config.num_servers} server(s) on node "
               f"{config.node_rank} of {config.nnodes} ({config.master_addr}:{port})", flush=True)
@@ -153,7 +192,7 @@ def launch(config: Config, argv: Sequence[str]) -> int:
                     # Bad input a worker found: its own line and status, as one process would give.
                     sys.stderr.write(failed.last_lines[-1] + "\n")
                     return EXIT_USAGE
-                sys.stderr.write(f"runner: error: {_failure(failed, len(workers))}\n")
+                sys.stderr.write(f"runner: error: {_failure(failed, config)}\n")
                 return failed.process.returncode if failed.process.returncode > 0 else 1
             if all(w.process.poll() == 0 for w in workers):
                 break
