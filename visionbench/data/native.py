@@ -4,8 +4,10 @@ in C++ threads), for users without DALI and as a reference for the DALI path.
 Same ImageNet augmentation semantics as the DALI pipelines (random-resized
 crop with the same area and aspect ranges, flip, normalisation; val: resize
 to size / 0.875 and center crop). ImageRecordIter emits float32 NCHW only:
-float16 is cast and NHWC transposed in the loader, right after it (never in
-the training loop). What it cannot do, it refuses: rectangular validation and the CIFAR
+each device's slice of the batch is copied to its device first, then cast to
+float16 and transposed to NHWC there (on GPUs: by each GPU, in parallel,
+instead of by the host for the whole multi-GPU batch; never in the training
+loop). What it cannot do, it refuses: rectangular validation and the CIFAR
 recipe (reflect padding, Cutout) need a DALI backend.
 
 Sharding across workers uses the iterator's own ``part_index/num_parts``
@@ -65,15 +67,24 @@ def native_epoch(spec: LoaderSpec, epoch: int) -> Iterator[list]:
     records = mx.io.ImageRecordIter(**kwargs)
     for batch in records:
         data, label = batch.data[0], batch.label[0]
-        if spec.layout == "NHWC":
-            data = mx.nd.transpose(data, axes=(0, 2, 3, 1))
-        if spec.dtype != "float32":
-            # ImageRecordIter emits float32 only (its dtype knob knows no float16).
-            data = data.astype(spec.dtype)
         valid = worker_batch - batch.pad
         parts = []
         for i, context in enumerate(spec.devices):
             lo, hi = i * spec.batch_size, (i + 1) * spec.batch_size
             pad = int(min(spec.batch_size, max(0, hi - valid)))
-            parts.append((data[lo:hi].as_in_context(context), label[lo:hi].as_in_context(context), pad))
+            parts.append((_on_device(data[lo:hi], context, spec), label[lo:hi].as_in_context(context), pad))
         yield parts
+
+
+def _on_device(data, context, spec: LoaderSpec):
+    """One device's float32 NCHW slice, copied to ``context`` and converted
+    there to the spec's dtype and layout (ImageRecordIter's dtype knob knows
+    no float16, and it emits NCHW only)."""
+    import mxnet as mx
+
+    data = data.as_in_context(context)
+    if spec.layout == "NHWC":
+        data = mx.nd.transpose(data, axes=(0, 2, 3, 1))
+    if spec.dtype != "float32":
+        data = mx.nd.cast(data, dtype=spec.dtype)
+    return data
