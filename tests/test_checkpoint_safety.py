@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -36,7 +37,7 @@ def _meta(epoch):
 # Files another tool leaves under a prefix: MXNet's save_checkpoint and
 # NVIDIA's example (P-symbol.json, P-EEEE.params, P-EEEE.states), a damaged
 # checkpoint of ours (no .json), a JSON of someone else's.
-FOREIGN = ["m-0001.params", "m-0001.states", "m-symbol.json", "m-0003.json", "m-0001-000012.params"]
+FOREIGN = ["m-0001.params", "m-0001.states", "m-symbol.json", "m-0003.json", "m-0001-000012.params", "m-0002.bnstats"]
 
 
 def test_a_users_checkpoint_file_stops_the_run_before_anything_is_written(tmp_path):
@@ -62,43 +63,73 @@ def test_each_kind_of_foreign_file_is_refused_and_kept(tmp_path, name):
     checkpoint.refuse_foreign_files(tmp_path / "other")   # another prefix in the same folder is free
 
 
-@pytest.fixture
-def net_and_trainer():
+def _built(devices):
     config = Config(device="cpu", num_layers=18, num_classes=10, data_backend="synthetic")
     precision = resolve_precision("float32", "cpu", None)
-    net = build_net(config, [mx.cpu()], precision)
+    net = build_net(config, devices, precision)
     trainer = build_trainer(config, net, precision)
-    net(mx.nd.zeros((1, 3, 16, 16)))   # export needs one forward pass of the hybridized graph
+    net(mx.nd.zeros((1, 3, 16, 16)))   # a checkpoint needs one forward pass of the hybridized graph
     return net, trainer
 
 
-def test_pruning_deletes_only_complete_checkpoints_of_ours(tmp_path, net_and_trainer):
-    net, trainer = net_and_trainer
+@pytest.fixture
+def net_and_trainer():
+    return _built([mx.cpu()])
+
+
+@pytest.fixture(params=[1, 3], ids=["1 device", "3 devices"])
+def on_devices(request):
+    """One device, or three (whose checkpoints carry every device's BatchNorm statistics, .bnstats)."""
+    return _built([mx.cpu(k) for k in range(request.param)])
+
+
+def test_pruning_deletes_only_complete_checkpoints_of_ours(tmp_path, on_devices):
+    net, trainer = on_devices
     prefix = tmp_path / "m"
     for epoch in (2, 3, 4):
         checkpoint.save_checkpoint(net, trainer, prefix, epoch, _meta(epoch))
     # A user's files appear beside them while the run goes on.
     (tmp_path / "m-0001.params").write_bytes(b"user's weights")
     (tmp_path / "m-0001.states").write_bytes(b"user's states")
+    (tmp_path / "m-0001.bnstats").write_bytes(b"user's statistics")
     (tmp_path / "m-0005.json").write_text('{"epoch": 5}')
     checkpoint.prune(prefix, keep_last=1, best_epoch=None)
     assert checkpoint.complete_epochs(prefix) == [4]
     assert (tmp_path / "m-0001.params").read_bytes() == b"user's weights"
     assert (tmp_path / "m-0001.states").read_bytes() == b"user's states"
+    assert (tmp_path / "m-0001.bnstats").read_bytes() == b"user's statistics"
     assert (tmp_path / "m-0005.json").read_text() == '{"epoch": 5}'
-    assert not (tmp_path / "m-0002.params").exists() and not (tmp_path / "m-0003.states").exists()
+    multi = len(net.collect_params()["resnet18_v15_conv0_weight"].list_ctx()) > 1
+    assert sorted(p.name for p in tmp_path.glob("m-000[234]*")) == (
+        ["m-0004.bnstats"] * multi + ["m-0004.json", "m-0004.params", "m-0004.states"])
+
+
+def test_a_checkpoint_missing_the_bnstats_its_json_names_is_not_complete(tmp_path):
+    net, trainer = _built([mx.cpu(0), mx.cpu(1)])
+    prefix = tmp_path / "m"
+    checkpoint.save_checkpoint(net, trainer, prefix, 1, _meta(1))
+    assert checkpoint.load_meta(prefix, 1)["bnstats_devices"] == 2
+    assert checkpoint.complete_positions(prefix) == [(1, 0)]
+    checkpoint.checkpoint_paths(prefix, 1)["bnstats"].unlink()
+    assert checkpoint.complete_positions(prefix) == []   # damaged: its files stop the next run
+    assert [p.name for p in checkpoint.foreign_files(prefix)] == ["m-0001.json", "m-0001.params", "m-0001.states",
+                                                                 "m-symbol.json"]
 
 
 def _failing_write(monkeypatch, net, trainer, step):
-    """Make step ``step`` of a checkpoint write fail like a full disk:
-    'export', 'states', or ('rename', k) for the k-th rename."""
+    """Make step ``step`` of a checkpoint write fail like a full disk part-way
+    through a file: 'params', 'states', 'bnstats', or ('rename', k) for the
+    k-th rename."""
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    if step == "export":
-        monkeypatch.setattr(net, "export", full)
-    elif step == "states":
-        monkeypatch.setattr(trainer, "save_states", full)
+    writers = {"params": "_write_weights", "states": "_write_states", "bnstats": "_write_device_statistics"}
+    if step in writers:
+        def half_written(owner, path):
+            Path(path).write_bytes(b"half a file")
+            full()
+
+        monkeypatch.setattr(checkpoint, writers[step], half_written)
     else:
         real, count = os.replace, [0]
 
@@ -113,7 +144,8 @@ def _failing_write(monkeypatch, net, trainer, step):
 
 def _renames(net, trainer, tmp_path, first):
     """How many renames one checkpoint write makes (the journal, params,
-    states, the symbol when it is the prefix's first, the meta)."""
+    states, bnstats on several devices, the symbol when it is the prefix's
+    first, the meta)."""
     probe = tmp_path / "probe"
     probe.mkdir()
     if not first:
@@ -133,12 +165,13 @@ def _renames(net, trainer, tmp_path, first):
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["first checkpoint", "later checkpoint"])
-def test_a_failure_at_any_step_of_a_checkpoint_write_leaves_the_folder_as_it_was(tmp_path, net_and_trainer,
+def test_a_failure_at_any_step_of_a_checkpoint_write_leaves_the_folder_as_it_was(tmp_path, on_devices,
                                                                                  monkeypatch, first):
-    net, trainer = net_and_trainer
+    net, trainer = on_devices
+    multi = len(net.collect_params()["resnet18_v15_conv0_weight"].list_ctx()) > 1
     renames = _renames(net, trainer, tmp_path, first)
-    assert renames == (5 if first else 4)
-    steps = ["export", "states"] + [("rename", k) for k in range(1, renames + 1)]
+    assert renames == (5 if first else 4) + multi
+    steps = ["params", "states"] + ["bnstats"] * multi + [("rename", k) for k in range(1, renames + 1)]
     for step in steps:
         folder = tmp_path / f"{step}"
         folder.mkdir()
@@ -157,16 +190,18 @@ def test_a_failure_at_any_step_of_a_checkpoint_write_leaves_the_folder_as_it_was
         assert checkpoint.foreign_files(prefix) == []
 
 
-def test_a_killed_checkpoint_write_leaves_only_what_the_next_start_removes(tmp_path, net_and_trainer):
-    # A write killed after its params got their final name (the journal lists them).
-    net, trainer = net_and_trainer
+def test_a_killed_checkpoint_write_leaves_only_what_the_next_start_removes(tmp_path, on_devices):
+    # A write killed after its params (and .bnstats) got their final names (the journal lists them).
+    net, trainer = on_devices
     prefix = tmp_path / "m"
     checkpoint.save_checkpoint(net, trainer, prefix, 1, _meta(1))
     before = _folder(tmp_path)
     files = checkpoint.checkpoint_paths(prefix, 2)
-    checkpoint.journal_path(prefix).write_text(json.dumps([str(files["params"]), str(files["states"]),
-                                                           str(files["meta"])]))
+    checkpoint.journal_path(prefix).write_text(json.dumps([str(files[name]) for name in
+                                                           ("params", "states", "bnstats", "meta")]))
     files["params"].write_bytes(b"half a checkpoint")
+    files["bnstats"].write_bytes(b"every device's statistics")
+    Path(f"{files['bnstats']}.partial").write_bytes(b"half of them")
     assert checkpoint.foreign_files(prefix) == []   # the journal says it is ours
     assert checkpoint.refuse_foreign_files(prefix) is None
     checkpoint.remove_leftovers(prefix)
