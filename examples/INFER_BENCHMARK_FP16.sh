@@ -4,6 +4,8 @@
 # Every point runs as its own ./runner subprocess; the report is written as
 # REPORT.json/.md/.png (-o, default benchmark_report.json). Extra arguments go to
 # benchmark.py, and flags it does not know go to every point's ./runner command.
+# float16 points run in NHWC, the layout of the float16 training recipes (benchmark.py
+# sets it per precision; an --input-layout flag here overrides it).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib/python.sh"

@@ -16,7 +16,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_PREP = ROOT / "data_prep"
-RUNNER_ENV = {"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}   # ./runner with this interpreter, nothing else
+
+
+def runner_env() -> dict:
+    """./runner's environment: this interpreter, and the caller's environment passed through
+    (LD_LIBRARY_PATH finds CUDA, cuDNN and NCCL; CUDA_VISIBLE_DEVICES picks the GPUs), but no
+    DMLC_* role variable, which would make the run a parameter-server process."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DMLC_")}
+    env.pop("VISIONBENCH_LOCAL_WORKER", None)
+    return dict(env, PYTHON=sys.executable)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -83,9 +91,9 @@ def one_line_error(result) -> str:
 
 
 def run_runner(*args, timeout: float = 300):
-    """./runner with this interpreter and a minimal environment."""
+    """./runner with this interpreter and the caller's environment (runner_env)."""
     return subprocess.run(["bash", str(ROOT / "runner"), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+                          timeout=timeout, env=runner_env())
 
 
 def make_small_demo(folder: Path, train_per_class: int, val_per_class: int = 4) -> Path:
@@ -126,7 +134,7 @@ class Job:
 
     def __init__(self, args):
         self.process = subprocess.Popen(["bash", str(ROOT / "runner"), *map(str, args)], stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, env=RUNNER_ENV)
+                                        stderr=subprocess.PIPE, text=True, env=runner_env())
         self.lines = []
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()

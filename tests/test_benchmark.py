@@ -187,3 +187,21 @@ def test_result_line_round_trips_and_the_last_one_wins():
     assert find_result(text) == {"ips": 2.5}
     assert find_result("no result here\n") is None
     assert find_result("benchmark-result: {broken\n") is None
+
+
+def test_each_precision_is_swept_in_the_layout_of_its_training_recipes():
+    # float16 recipes train in NHWC (examples/RN50_FP16_*), so float16 points must be measured
+    # in NHWC; float32 and int8 in NCHW; a --input-layout runner flag applies to every point.
+    from visionbench.bench.sweep import build_parser, point_argv
+    from visionbench.config import resolve
+
+    args, _ = build_parser().parse_known_args(["-n", "1", "-b", "64"])
+    inference, _ = build_parser().parse_known_args(["-n", "1", "-b", "64", "--only-inference"])
+
+    def layout(dtype, extra=(), sweep=args):
+        return resolve(point_argv(sweep, "cpu" if dtype == "int8" else "gpu", 1, 64, dtype, list(extra))).input_layout
+
+    assert [layout(dtype) for dtype in ("float16", "float32")] == ["NHWC", "NCHW"]
+    assert [layout(dtype, sweep=inference) for dtype in ("float16", "float32", "int8")] == ["NHWC", "NCHW", "NCHW"]
+    assert layout("float16", ["--input-layout", "NCHW"]) == "NCHW"
+    assert layout("float16", ["--input-layout=NCHW"]) == "NCHW"

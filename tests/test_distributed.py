@@ -3,6 +3,7 @@ steps as one worker, disjoint shards, failure of one worker ends the job,
 rank 0 alone writes, and a 2-worker job resumes."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -193,6 +194,10 @@ def test_killing_one_worker_ends_the_job_and_leaves_no_process(demo, tmp_path):
     assert job.returncode != 0
     message = one_line_error(subprocess.CompletedProcess(command, job.returncode, "", stderr))
     assert "worker" in message and "killed by SIGKILL" in message and "stopped" in message
+    # A SIGKILL nobody in the job sent: most likely the out-of-memory killer, with both figures.
+    assert re.search(r"killed by SIGKILL, which nothing in this job sent: most likely the kernel's out-of-memory "
+                     r"killer: this run needs an estimated [\d.]+ GiB \(2 workers x [\d.]+ GiB: .*batch 8 at 32 px\), "
+                     r"and this machine has [\d.]+ GiB", message), message
     time.sleep(1)
     assert _processes_in_group(job.pid) == []
 
@@ -290,3 +295,39 @@ def test_a_workers_own_usage_error_ends_the_job_with_its_line(demo, tmp_path):
     assert line.startswith("train.py: error: ") and "fewer than the batch size 64" in line, line
     assert "server" not in line
     assert left == []
+
+
+ENV_OF_WORKER = """
+import json, os, sys
+with open(sys.argv[1] + os.environ["VISIONBENCH_LOCAL_WORKER"], "w") as out:
+    json.dump({name: os.environ.get(name) for name in ("CUDA_VISIBLE_DEVICES", "DMLC_ROLE")}, out)
+"""
+
+
+@pytest.mark.parametrize("visible, expected", [("3,2,1,0", ["3,2", "1,0"]), ("GPU-a,GPU-b,GPU-c,GPU-d,GPU-e",
+                                                                          ["GPU-a,GPU-b", "GPU-c,GPU-d"])])
+def test_each_local_gpu_worker_sees_only_its_own_gpus(tmp_path, monkeypatch, visible, expected):
+    # Without this every worker creates a CUDA context on GPU 0 (and its -n GPUs are GPUs
+    # i*n.. of all of them). Through the launcher itself, its workers replaced by a script
+    # that writes the environment it was given; the real scheduler and server start and stop.
+    from visionbench.engine import launch
+
+    script = tmp_path / "env_of_worker.py"
+    script.write_text(ENV_OF_WORKER)
+    monkeypatch.setattr(launch, "TRAIN_PY", script)
+    monkeypatch.setattr(launch, "SERVERS_EXIT_S", 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    config = Config(device="gpu", num_devices=2, kv_store="dist_sync", local_workers=2)
+    assert launch.launch(config, [str(tmp_path / "worker-")]) == 0
+    seen = [json.loads((tmp_path / f"worker-{i}").read_text()) for i in (0, 1)]
+    assert seen == [{"CUDA_VISIBLE_DEVICES": gpus, "DMLC_ROLE": "worker"} for gpus in expected]
+
+
+def test_gpu_workers_that_need_more_gpus_than_visible_are_refused():
+    from visionbench.cli import UsageError
+    from visionbench.engine.launch import gpu_assignment
+
+    assert gpu_assignment(None, 8, 4, 2) == ["0,1", "2,3", "4,5", "6,7"]
+    with pytest.raises(UsageError, match=r"--local-workers 2 x -n 2 needs 4 GPUs on this machine; 3 are "
+                                         r"CUDA_VISIBLE_DEVICES=0,1,2"):
+        gpu_assignment("0,1,2", None, 2, 2)

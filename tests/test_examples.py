@@ -184,6 +184,9 @@ def test_benchmark_recipes_run_on_a_cpu_with_overrides(name, tmp_path):
     assert status["float32"] == ("ok", None)
     if "FP16" in name:
         assert status["float16"][0] == "error" and "needs GPUs" in status["float16"][1]
+        # float16 figures in the layout the float16 training recipes use
+        layouts = {r["dtype"]: re.search(r"--input-layout (\w+)", r["command"])[1] for r in records["results"]}
+        assert layouts == {"float16": "NHWC", "float32": "NCHW"}
 
 
 # --- scoring and the CIFAR recipe, end to end on this CPU ----------------

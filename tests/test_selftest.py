@@ -1,5 +1,6 @@
 """./runner --self-test: the readiness check, on this CPU machine for real,
 and on GPUs through the `gpu`-marked tests (make test-gpu)."""
+import os
 import re
 from dataclasses import replace
 
@@ -23,9 +24,17 @@ def _rows(stdout):
     return rows
 
 
-def test_self_test_on_a_cpu_machine_passes_and_lists_the_gpu_checks_as_skipped():
+def test_self_test_on_a_cpu_machine_passes_and_lists_the_gpu_checks_as_skipped(tmp_path, monkeypatch):
+    # The caller's CUDA_VISIBLE_DEVICES and LD_LIBRARY_PATH reach the run (make test-gpu's self-test
+    # must find CUDA, cuDNN and NCCL where the user's shell does, on the GPUs it picked).
+    libraries = ":".join(filter(None, [str(tmp_path), os.environ.get("LD_LIBRARY_PATH")]))
+    monkeypatch.setenv("LD_LIBRARY_PATH", libraries)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "0"))
     result = run_runner("--self-test", "--device", "cpu", "-n", "2", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    shown = re.search(r"^environment: CUDA_VISIBLE_DEVICES=(.*), LD_LIBRARY_PATH=(.*)$", result.stdout, re.M)
+    assert shown and shown[1] == os.environ["CUDA_VISIBLE_DEVICES"], result.stdout
+    assert str(tmp_path) in shown[2].split(":"), shown[2]   # (cv2, imported by the run, adds its own folder)
     assert re.search(r"MXNet 1\.9\.1 \(CPU build.*DALI 1\.34\.0", result.stdout)
     rows = _rows(result.stdout)
     ran = {name: row for name, row in rows.items() if row[1] != "skipped"}
@@ -62,6 +71,26 @@ def test_the_pipeline_check_sees_labels_that_do_not_belong_to_their_images(tmp_p
                                                             for i in range(selftest.SET_IMAGES)])
     with pytest.raises(selftest.CheckFailed, match="do not belong to their images"):
         selftest.pipelines_check(config, mx.cpu(0), tmp_path)
+
+
+def test_the_self_test_runs_with_the_gpu_settings_real_runs_use(monkeypatch):
+    # MXNet reads MXNET_OPTIMIZER_AGGREGATION_SIZE when the optimizer is created: the
+    # self-test's training steps take the aggregated update only if the settings are in the
+    # environment before it starts. Device resolution is bypassed (this machine has no GPU);
+    # the self-test itself is replaced by a probe of the environment it would run in.
+    from visionbench import main as entry
+    from visionbench.engine.gpu_settings import mxnet_environment
+
+    settings = mxnet_environment("gpu", False)
+    for name in [*settings, "MXNET_USE_FUSION"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(entry, "resolve_devices", lambda config: replace(config, device="gpu",
+                                                                         data_backend="dali-gpu"))
+    seen = {}
+    monkeypatch.setattr(selftest, "run_self_test",
+                        lambda config: seen.update({name: os.environ.get(name) for name in settings}) or 0)
+    assert entry.main(["--self-test"]) == 0
+    assert seen == settings and settings["MXNET_OPTIMIZER_AGGREGATION_SIZE"] == "54"
 
 
 # --- on GPUs (make test-gpu): the checks ./runner --self-test runs there ---

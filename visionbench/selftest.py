@@ -19,6 +19,7 @@ Everything here but the GPU branches runs in ``make test``.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -255,14 +256,18 @@ def header_lines(config: Config) -> List[str]:
     lines = [f"machine: {platform.node()}, {cpu_model()}, Python {platform.python_version()}",
              f"MXNet {mx.__version__} ({'CUDA' if gpu_build else 'CPU'} build; "
              f"{', '.join(f for f in ('CUDA', 'CUDNN', 'NCCL', 'MKLDNN') if features.is_enabled(f)) or 'no accelerators'}), "
-             f"DALI {dali.__version__}"]
+             f"DALI {dali.__version__}",
+             # Where CUDA, cuDNN and NCCL are found and which GPUs show: a test harness or batch
+             # system that drops these runs a different machine than the user's shell.
+             "environment: " + ", ".join(f"{name}={os.environ.get(name, 'unset')}"
+                                         for name in ("CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH"))]
     if config.device != "gpu":
         gpus = mx.context.num_gpus()
         lines.append(f"GPUs: {'none visible to MXNet' if not gpus else f'{gpus} visible, not used (--device cpu)'}; "
                      "CUDA, cuDNN, NCCL: not used")
         return lines
     # GPU-ONLY: the driver's GPUs and the CUDA libraries MXNet loads
-    from .engine.gpus import installed_mxnet, library_versions, unsupported_gpus, visible_gpus
+    from .engine.gpus import installed_mxnet, library_versions, nvrtc_version, unsupported_gpus, visible_gpus
 
     gpus = visible_gpus() or []
     bad = set(unsupported_gpus(gpus, installed_mxnet()))
@@ -271,7 +276,21 @@ def header_lines(config: Config) -> List[str]:
                      f"{' (this MXNet build cannot run it)' if gpu in bad else ''}")
     versions = library_versions()
     lines.append(", ".join(f"{name} {value or 'not found'}" for name, value in versions.items()))
+    lines.append(fusion_line(gpus, nvrtc_version(), os.environ.get("MXNET_USE_FUSION")))
     return lines
+
+
+def fusion_line(gpus, nvrtc, setting) -> str:
+    """Whether MXNet's pointwise fusion is on, and why (GPU runs; main.py has applied
+    engine/gpu_settings.py by then, so ``setting`` is what the run itself uses)."""
+    from .engine.gpus import fusion_blocking_gpus, fusion_message
+
+    blocking = fusion_blocking_gpus(gpus, nvrtc)
+    state = "off" if setting == "0" else "on"
+    line = f"pointwise fusion: {state} (MXNET_USE_FUSION={setting if setting is not None else 'unset'})"
+    if blocking and state == "on":
+        return f"{line}: WILL FAIL at the first fused kernel: {fusion_message(blocking[0], nvrtc)}; unset it or set 0"
+    return f"{line}: {fusion_message(blocking[0], nvrtc)}" if blocking else line
 
 
 def self_test(config: Config, out=print) -> List[Check]:

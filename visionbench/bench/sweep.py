@@ -28,6 +28,10 @@ DTYPES = ("float16", "float32", "int8")
 # Flags benchmark.py sets for every point itself; passing them through would contradict it.
 OWN_FLAGS = {"--mode", "--benchmark", "--benchmark-warmup-epochs", "--report", "--dawn-tsv", "--model-prefix",
              "--print-schedule", "--config"}
+# The layout each precision's training recipes use (examples/RN50_FP16_*: NHWC, the layout
+# float16 Tensor Core convolutions run in; float32: NCHW), so sweep figures are those of the
+# recipes. A --input-layout among the runner flags overrides it for every point.
+RECIPE_LAYOUT = {"float16": "NHWC", "float32": "NCHW", "int8": "NCHW"}
 KILL_GRACE_S = 10   # seconds between SIGTERM and SIGKILL of a timed-out point
 ERROR_CHARS = 500   # longest error message kept per point
 
@@ -145,6 +149,8 @@ def point_argv(args, device: str, ngpus: int, batch: int, dtype: str, extra: Seq
              "-i", str(args.iterations), "-e", str(args.num_epochs),
              "--benchmark-warmup-epochs", str(args.warmup_epochs),
              "--arch", args.arch, "--num-layers", str(args.num_layers), "--image-size", str(args.image_size)]
+    if not any(flag.split("=", 1)[0] == "--input-layout" for flag in extra):
+        argv += ["--input-layout", RECIPE_LAYOUT[dtype]]
     if args.data_root:
         argv += ["--data-root", str(Path(args.data_root).resolve())]
     backend = args.data_backend or (None if args.data_root else "synthetic")

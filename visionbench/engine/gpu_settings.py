@@ -19,27 +19,45 @@ variables the user has set always win: we only fill the ones left unset.
   shape) would autotune on every batch, so it is 0 for the whole run when
   any epoch of the resolved plan (--rect-val, or a phase) validates
   rectangularly (NVIDIA's example runs with 0 always).
+- ``MXNET_USE_FUSION=0`` only where a visible GPU is one MXNet's NVRTC
+  cannot compile fused kernels for (Ada, compute capability 8.9, with an
+  NVRTC older than 11.8: engine/gpus.py): MXNet would stop at the first
+  fused kernel. Elsewhere fusion stays on (MXNet's default).
 - DALI's nvJPEG settings live with the pipelines, in data/gpu_decoding.py.
 """
 from __future__ import annotations
 
 import os
-from typing import Dict, MutableMapping
+from typing import Dict, MutableMapping, Optional
 
 OPTIMIZER_AGGREGATION_SIZE = 54  # weight arrays per multi-tensor SGD launch
 
 
-def mxnet_environment(device: str, rect_val: bool) -> Dict[str, str]:
+def mxnet_environment(device: str, rect_val: bool, fusion_off: bool = False) -> Dict[str, str]:
     """The MXNet environment a GPU run gets (nothing for CPU runs)."""
     if device != "gpu":
         return {}
-    return {"MXNET_OPTIMIZER_AGGREGATION_SIZE": str(OPTIMIZER_AGGREGATION_SIZE),
-            "MXNET_CUDNN_AUTOTUNE_DEFAULT": "0" if rect_val else "1"}
+    env = {"MXNET_OPTIMIZER_AGGREGATION_SIZE": str(OPTIMIZER_AGGREGATION_SIZE),
+           "MXNET_CUDNN_AUTOTUNE_DEFAULT": "0" if rect_val else "1"}
+    if fusion_off:
+        env["MXNET_USE_FUSION"] = "0"
+    return env
 
 
-def apply_environment(device: str, rect_val: bool, environ: MutableMapping[str, str] = os.environ) -> None:
+def fusion_must_be_off() -> bool:
+    """GPU-ONLY: whether a visible GPU is one this NVRTC cannot compile fused kernels for."""
+    from .gpus import fusion_blocking_gpus, nvrtc_version, visible_gpus
+
+    return bool(fusion_blocking_gpus(visible_gpus() or [], nvrtc_version()))
+
+
+def apply_environment(device: str, rect_val: bool, environ: MutableMapping[str, str] = os.environ,
+                      fusion_off: Optional[bool] = None) -> None:
     """Fill the unset variables of mxnet_environment (read by MXNet when the
-    optimizer and the first convolutions are created, so after import is in time)."""
-    for name, value in mxnet_environment(device, rect_val).items():
+    optimizer, the first convolutions and the first hybridized graph are
+    created, so after import is in time). ``fusion_off``: None asks the GPUs."""
+    if fusion_off is None:
+        fusion_off = device == "gpu" and fusion_must_be_off()
+    for name, value in mxnet_environment(device, rect_val, fusion_off).items():
         environ.setdefault(name, value)
 

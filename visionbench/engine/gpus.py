@@ -85,6 +85,27 @@ def check_gpus_supported(gpus: Sequence[Gpu], build: Optional[Tuple[str, str]]) 
         raise UsageError(unsupported_message(bad[0], build))
 
 
+# MXNet 1.9.1 compiles its fused pointwise kernels (MXNET_USE_FUSION, on by
+# default in hybridized GPU graphs) with NVRTC for "compute_<major><minor>" of
+# the GPU itself (src/operator/fusion/fused_op.cu, FusedOp::CompileCode), and
+# stops at the first fused kernel when NVRTC does not know that architecture.
+# NVRTC learned compute_89 (Ada) in CUDA 11.8; Hopper is refused above anyway.
+NVRTC_FOR_CAPABILITY = {(8, 9): (11, 8)}   # compute capability -> oldest NVRTC (major, minor) that compiles for it
+
+
+def fusion_blocking_gpus(gpus: Sequence[Gpu], nvrtc: Optional[Tuple[int, int]]) -> List[Gpu]:
+    """The GPUs whose fused kernels ``nvrtc`` (None: version unknown) cannot compile."""
+    return [gpu for gpu in gpus if gpu.capability in NVRTC_FOR_CAPABILITY
+            and (nvrtc is None or nvrtc < NVRTC_FOR_CAPABILITY[gpu.capability])]
+
+
+def fusion_message(gpu: Gpu, nvrtc: Optional[Tuple[int, int]]) -> str:
+    have = f"NVRTC {nvrtc[0]}.{nvrtc[1]}" if nvrtc else "the NVRTC found (version unknown)"
+    need = NVRTC_FOR_CAPABILITY[gpu.capability]
+    return (f"GPU {gpu.index} ({gpu.name}) has compute capability {gpu.capability_text}, which {have} cannot "
+            f"compile MXNet's fused kernels for (NVRTC {need[0]}.{need[1]} or newer can)")
+
+
 # --- GPU-ONLY below: the CUDA driver and libraries, through ctypes --------
 
 _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75   # cuda.h, CUdevice_attribute
@@ -129,6 +150,20 @@ def refuse_unsupported_gpus() -> None:
     gpus = visible_gpus()
     if gpus:
         check_gpus_supported(gpus, installed_mxnet())
+
+
+def nvrtc_version() -> Optional[Tuple[int, int]]:
+    """(major, minor) of the NVRTC that libmxnet.so (mxnet-cu112) loads, by
+    the name it links (libnvrtc.so.11.2: NVRTC 11.2 to 11.8 all carry that
+    name); None when it cannot be loaded. NVRTC API: nvrtcResult
+    nvrtcVersion(int *major, int *minor), NVRTC_SUCCESS = 0."""
+    lib = _load(("libnvrtc.so.11.2",))
+    if lib is None or not hasattr(lib, "nvrtcVersion"):
+        return None
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    if lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)) != 0:
+        return None
+    return major.value, minor.value
 
 
 def _version_number(library: Sequence[str], function: str, decode) -> Optional[str]:
