@@ -154,9 +154,11 @@ def test_float16_comes_out_of_the_dali_pipeline(coloured):
 
     s = spec(coloured, dtype="float16")
     loader = make_loader(s)
-    pipe = build_pipeline(s, _EpochFeed(loader._reader, loader.plans(0)[0], s), mx.cpu(0), seed=1)
+    feed = _EpochFeed(loader._reader, loader.plans(0)[0], s)
+    pipe = build_pipeline(s, feed, mx.cpu(0), seed=1)
     pipe.build()
     data, _ = pipe.run()
+    feed.close()
     assert data.dtype == types.FLOAT16
 
 

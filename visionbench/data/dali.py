@@ -4,22 +4,31 @@ Records are read by our own sampler (sampling.py) and fed to DALI through
 ``fn.external_source``, so every backend shares one definition of sharding,
 shuffling, padding and rectangular-val ordering, and an epoch is a pure
 function of (seed, epoch, shard). Decoding, augmentation, normalisation, the
-output dtype (float16 included) and layout all happen inside DALI; batches
-reach MXNet through ``nvidia.dali.plugin.mxnet``.
+output dtype (float16 included) and layout all happen inside DALI.
 
-GPU-only lines are confined to ``_placement`` and ``_to_device`` (marked
-GPU-ONLY) and nvJPEG's options (gpu_decoding.py); they cannot run on
-the development machines.
+The training (main) thread does not read records: a reader thread per device
+pipeline reads its batches (``READ_AHEAD`` ahead) and packs them into DALI
+batches, so DALI's input callback, which runs on the main thread inside each
+step, only hands over a batch already read. Batches reach MXNet through our
+own loop over the pipelines (``_device_batches``), not DALI's MXNet plugin:
+DALI 1.34's plugin copies GPU outputs with ``non_blocking=True`` and no
+stream, so nothing makes MXNet wait for the copy (fixed in DALI after 1.34,
+PR 5364); ``copy_to_ndarray`` copies and waits.
+
+GPU-only lines are confined to ``_placement``, ``_to_device`` and the GPU
+branch of ``copy_to_ndarray`` (marked GPU-ONLY) and nvJPEG's options
+(gpu_decoding.py); they cannot run on the development machines.
 """
 from __future__ import annotations
 
-import warnings
+import ctypes
+import queue
+import threading
 from collections import deque
 from typing import AbstractSet, Callable, Iterator, List, Optional
 
 import numpy as np
-from nvidia.dali import fn, pipeline_def, types
-from nvidia.dali.plugin.mxnet import DALIGenericIterator
+from nvidia.dali import fn, pipeline_def, tensors, types
 
 from .gpu_decoding import decoder_options
 from .recordio import BadRecordSet, RecordReader
@@ -29,6 +38,10 @@ from .spec import RECT_VAL_RESIZE_RATIO, VAL_RESIZE_RATIO, LoaderSpec
 _DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
 _DALI_LAYOUTS = {"NCHW": "CHW", "NHWC": "HWC"}
 PREFETCH_DEPTH = 2   # batches DALI prepares ahead of the training step
+# Batches a device's reader thread reads ahead of DALI's requests: one more
+# than DALI's prefetch, so the first batches of an epoch are ready too. At
+# -b 208 of ~110 KB ImageNet JPEGs that is ~70 MB of host memory per device.
+READ_AHEAD = PREFETCH_DEPTH + 1
 
 
 def _placement(backend: str, context) -> tuple[Optional[int], str]:
@@ -53,11 +66,21 @@ class _EpochFeed:
     """The external source of one device pipeline for one epoch: encoded
     images, labels and (rect val) per-sample resize/crop sizes. Positions in
     ``left_out`` (records found undecodable, --bad-records skip) are never fed:
-    see sampling.leave_out."""
+    see sampling.leave_out.
+
+    With ``read_ahead`` > 0 a reader thread reads the batches in order, at
+    most ``read_ahead`` ahead of DALI's requests; 0 reads each batch when DALI
+    asks for it (on the thread that runs the pipeline: the main thread).
+    ``lock`` serialises the reading with the other feeds of the same reader
+    (RecordReader's fallback for split records seeks one shared file). Call
+    ``close()`` when the epoch ends or is abandoned."""
 
     def __init__(self, reader: RecordReader, plan: ShardEpoch, spec: LoaderSpec,
-                 left_out: AbstractSet[int] = frozenset()):
+                 left_out: AbstractSet[int] = frozenset(), read_ahead: int = READ_AHEAD,
+                 lock: Optional[threading.Lock] = None):
         self.reader, self.plan, self.spec, self.left_out = reader, plan, spec, left_out
+        self.read_ahead, self._lock = read_ahead, lock or threading.Lock()
+        self._ahead: Optional[_ReadAhead] = None
         self.batch = 0
         # Positions of the latest batches handed to DALI, to name a record it
         # fails on: at most the prefetch queue plus the batch being decoded.
@@ -73,29 +96,86 @@ class _EpochFeed:
             raise BadRecordSet(f"{self.reader.rec_path}: no record of a device's share of the epoch decodes")
         return leave_out(positions, pad, self.left_out, filler)
 
+    def read_batch(self, index: int) -> tuple:
+        """(positions, DALI inputs) of batch ``index``: the encoded images as
+        one TensorListCPU (the bytes copied out of the memory-mapped .rec here,
+        so the page faults and the copy happen on the reading thread), labels
+        (batch, 1) and, for rect val, per-sample resize and crop sizes."""
+        positions, _, _ = self.batch_at(index)
+        with self._lock:
+            records = [self.reader.read(int(position)) for position in positions]
+        encoded = tensors.TensorListCPU([tensors.TensorCPU(payload) for _, payload in records])
+        labels = np.array([[label] for label, _ in records], dtype=np.float32)
+        outputs = [encoded, labels]
+        if isinstance(self.plan, RectEpoch):
+            crop_h, crop_w = (float(v) for v in self.plan.crops[index])
+            short = float(int(self.spec.image_size * RECT_VAL_RESIZE_RATIO))
+            # Cover the crop: the nominal short side, or the crop's long side.
+            resize_x, resize_y = (crop_w, short) if crop_w >= crop_h else (short, crop_h)
+            for value in (resize_x, resize_y, crop_h, crop_w):
+                outputs.append(np.full(len(positions), value, dtype=np.float32))
+        return positions, tuple(outputs)
+
     def __iter__(self):
         return self
 
     def __next__(self):
         if self.batch >= len(self.plan.positions):
             raise StopIteration
-        positions, _, _ = self.batch_at(self.batch)
-        encoded, labels = [], []
-        for position in positions:
-            label, payload = self.reader.read(int(position))
-            encoded.append(np.frombuffer(payload, dtype=np.uint8))
-            labels.append(np.array([label], dtype=np.float32))
-        outputs = [encoded, labels]
-        if isinstance(self.plan, RectEpoch):
-            crop_h, crop_w = (float(v) for v in self.plan.crops[self.batch])
-            short = float(int(self.spec.image_size * RECT_VAL_RESIZE_RATIO))
-            # Cover the crop: the nominal short side, or the crop's long side.
-            resize_x, resize_y = (crop_w, short) if crop_w >= crop_h else (short, crop_h)
-            for value in (resize_x, resize_y, crop_h, crop_w):
-                outputs.append([np.array(value, dtype=np.float32)] * len(positions))
+        if not self.read_ahead:
+            positions, outputs = self.read_batch(self.batch)
+        else:
+            if self._ahead is None:
+                self._ahead = _ReadAhead(self.read_batch, len(self.plan.positions), self.read_ahead)
+            positions, outputs = self._ahead.take()
         self.fed.append(positions)
         self.batch += 1
-        return tuple(outputs)
+        return outputs
+
+    def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
+
+
+class _ReadAhead:
+    """A daemon thread calling ``read(0)``, ``read(1)``, ... ``read(count - 1)``
+    into a queue of at most ``depth`` results; ``take()`` returns them in
+    order and raises, on the caller's thread, what a read raised."""
+
+    def __init__(self, read: Callable[[int], tuple], count: int, depth: int):
+        self._results: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(read, count), daemon=True,
+                                        name="visionbench-record-reader")
+        self._thread.start()
+
+    def _run(self, read: Callable[[int], tuple], count: int) -> None:
+        for index in range(count):
+            if self._stop.is_set():
+                return
+            try:
+                result = (read(index), None)
+            except Exception as err:  # noqa: BLE001 - raised again by take(), on the consumer's thread
+                self._results.put((None, err))
+                return
+            self._results.put(result)
+
+    def take(self) -> tuple:
+        result, error = self._results.get()
+        if error is not None:
+            raise error
+        return result
+
+    def close(self) -> None:
+        """Stop reading and wait for the thread. After the stop flag is set the
+        thread puts at most one more result, which the emptied queue takes."""
+        self._stop.set()
+        while True:
+            try:
+                self._results.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join()
 
 
 def _reflect_pad(images, pad: int, side: int):
@@ -141,8 +221,11 @@ def build_pipeline(spec: LoaderSpec, feed: _EpochFeed, context, seed: int):
     def pipeline():
         decode_options = decoder_options(decode_device)   # GPU-ONLY extras for nvJPEG; none on CPU
         dtypes = [types.UINT8, types.FLOAT] + [types.FLOAT] * (4 if rect else 0)
+        # no_copy: DALI shares the batches the feed built (each owns its
+        # memory and is never written again) instead of copying them on the
+        # main thread.
         inputs = fn.external_source(source=feed, num_outputs=len(dtypes), batch=True, dtype=dtypes,
-                                    no_copy=False)
+                                    no_copy=True)
         encoded, labels = inputs[0], inputs[1]
         normalize = dict(dtype=_DALI_DTYPES[spec.dtype], output_layout=_DALI_LAYOUTS[spec.layout],
                          mean=list(aug.mean), std=list(aug.std))
@@ -192,18 +275,20 @@ def build_pipeline(spec: LoaderSpec, feed: _EpochFeed, context, seed: int):
 
 def dali_epoch(spec: LoaderSpec, reader: RecordReader, plans: List[ShardEpoch], epoch: int,
                left_out: AbstractSet[int] = frozenset(),
-               skip: Optional[Callable[[int], None]] = None) -> Iterator[tuple]:
+               skip: Optional[Callable[[int], None]] = None, read_ahead: int = READ_AHEAD) -> Iterator[tuple]:
     """Yield, per step, ``(parts, dropped)``: one (data, label, pad) per device
     and how many records of ``left_out`` (positions never fed) the step lacks.
 
     A record DALI cannot decode stops the epoch with a BadRecordSet naming it
     (``skip`` None: --bad-records fail), or is handed to ``skip(position)``,
     which must add it to ``left_out``; the pipelines then restart at the step
-    that failed, exactly as a resume there would."""
+    that failed, exactly as a resume there would. ``read_ahead``: see
+    _EpochFeed (0 reads on the main thread, for comparison)."""
     steps = len(plans[0].positions)
     step = 0
     while step < steps:
-        feeds = [_EpochFeed(reader, plan.from_step(step), spec, left_out) for plan in plans]
+        lock = threading.Lock()
+        feeds = [_EpochFeed(reader, plan.from_step(step), spec, left_out, read_ahead, lock) for plan in plans]
         try:
             for parts in _run_pipelines(spec, feeds, epoch):
                 yield parts
@@ -221,31 +306,76 @@ def dali_epoch(spec: LoaderSpec, reader: RecordReader, plans: List[ShardEpoch], 
 
 
 def _run_pipelines(spec: LoaderSpec, feeds: List[_EpochFeed], epoch: int) -> Iterator[tuple]:
-    pipes = [build_pipeline(spec, feed, context, derive_seed(spec.seed, spec.shard_id(i), epoch))
-             for i, (feed, context) in enumerate(zip(feeds, spec.devices))]
-    steps = len(feeds[0].plan.positions)
-    # Without a DALI reader the plugin counts samples: the epoch is
-    # exactly steps x devices x batch, every batch full (padding included).
-    with warnings.catch_warnings():
-        # The plugin warns whenever `size` is given instead of a DALI reader.
-        warnings.filterwarnings("ignore", message="Please set `reader_name`")
-        iterator = DALIGenericIterator(
-            pipes, [("data", DALIGenericIterator.DATA_TAG), ("label", DALIGenericIterator.LABEL_TAG)],
-            size=steps * len(pipes) * spec.batch_size, auto_reset=False)
+    """The epoch's steps from the feeds' pipelines; the feeds' reader threads
+    are stopped however the epoch ends (done, failed or abandoned)."""
+    try:
+        pipes = [build_pipeline(spec, feed, context, derive_seed(spec.seed, spec.shard_id(i), epoch))
+                 for i, (feed, context) in enumerate(zip(feeds, spec.devices))]
+        batches = _device_batches(pipes, spec.devices, len(feeds[0].plan.positions))
+        for step, arrays in enumerate(batches):
+            parts, dropped = [], 0
+            for (data, label), feed in zip(arrays, feeds):
+                _, pad, left = feed.batch_at(step)
+                parts.append((data, label, pad))
+                dropped += left
+            yield parts, dropped
+    finally:
+        for feed in feeds:
+            feed.close()
+
+
+def _device_batches(pipes, contexts, steps: int) -> Iterator[list]:
+    """Per step, one (data, label) pair of NDArrays per pipeline, on its
+    context. DALI keeps PREFETCH_DEPTH runs scheduled ahead (the first
+    schedule_run fills the queue); a run is scheduled only while the epoch
+    still needs one, so no pipeline runs past its feed's last batch."""
+    for pipe in pipes:
+        pipe.build()
+        pipe.schedule_run()
     for step in range(steps):
-        batches = next(iterator)
-        parts, dropped = [], 0
-        for batch, context, feed in zip(batches, spec.devices, feeds):
-            data, label = batch.data[0], batch.label[0]
-            if data.context != context:      # CPU pipelines: one per CPU context, all output on cpu(0)
-                data = data.as_in_context(context)
-            if label.context != context:
-                label = label.as_in_context(context)
-            _, pad, left = feed.batch_at(step)
-            parts.append((data, label, pad))
-            dropped += left
-        yield parts, dropped
-    del iterator, pipes
+        outputs = [pipe.share_outputs() for pipe in pipes]
+        arrays = [(_to_ndarray(images, context), _to_ndarray(labels, context, drop_last_axis=True))
+                  for (images, labels), context in zip(outputs, contexts)]
+        for pipe in pipes:
+            pipe.release_outputs()   # the copies are complete: DALI may reuse its buffers
+            if step + PREFETCH_DEPTH < steps:
+                pipe.schedule_run()
+        yield arrays
+
+
+def _to_ndarray(batch, context, drop_last_axis: bool = False):
+    """A new NDArray on ``context`` holding a dense DALI batch (labels come
+    as (batch, 1): ``drop_last_axis`` makes them (batch,))."""
+    import mxnet as mx
+
+    if not batch.is_dense_tensor():
+        raise ValueError("a DALI batch whose samples differ in shape cannot become one NDArray")
+    sample = tuple(batch.shape()[0])
+    shape = (len(batch.shape()),) + (sample[:-1] if drop_last_axis else sample)
+    array = mx.nd.empty(shape, ctx=context, dtype=types.to_numpy_type(batch.dtype))
+    copy_to_ndarray(batch, array)
+    return array
+
+
+def copy_to_ndarray(batch, array) -> None:
+    """Copy a dense DALI batch (TensorListCPU or TensorListGPU) into an
+    NDArray of as many bytes, and return once the bytes are there."""
+    import mxnet as mx
+
+    # MXNet may still be reading or writing the array: wait, as DALI's plugin does.
+    mx.base.check_call(mx.base._LIB.MXNDArrayWaitToWrite(array.handle))
+    pointer = ctypes.c_void_p()
+    mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
+    if isinstance(batch, tensors.TensorListCPU):
+        batch.copy_to_external(pointer)
+    else:
+        # GPU-ONLY: a TensorListGPU into an NDArray on the same GPU. No stream
+        # and non_blocking=False: DALI 1.34 (backend_impl.cc,
+        # CopyToExternalImplGPU) copies on a stream of its pool after DALI's
+        # own work on the batch, then the host waits for the copy, so MXNet's
+        # next kernel reads a complete batch. DALI's plugin passes
+        # non_blocking=True, which only makes DALI's stream wait.
+        batch.copy_to_external(pointer, None, non_blocking=False)
 
 
 def _undecodable(reader: RecordReader, feeds: List[_EpochFeed]) -> Optional[int]:
