@@ -12,7 +12,7 @@ import json
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 from .cli import ArgumentParser, UsageError
 
@@ -26,6 +26,11 @@ def option(default, *flags: str, help: str, choices: Optional[Sequence] = None, 
     """A config field: ``flags`` are its command-line spellings (the first
     long one is canonical), ``help`` ends with its unit where it has one."""
     return field(default=default, metadata={"flags": flags, "help": help, "choices": choices, "metavar": metavar})
+
+
+def derived(default, *, help: str):
+    """A config field no flag or recipe sets: resolve() fills it from what was given."""
+    return field(default=default, metadata={"flags": (), "help": help, "choices": None, "metavar": None})
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,10 @@ class Config:
     num_classes: int = option(1000, "--num-classes", metavar="C", help="classes (labels of synthetic data)")
     num_examples: int = option(1281167, "--num-examples", metavar="N",
                                help="images per epoch of synthetic data")
-    seed: int = option(0, "--seed", help="seed of sampling, augmentation and initialisation")
+    seed: int = option(0, "--seed", help="seed of sampling, augmentation and initialisation (an MLPerf closed run "
+                                         "without --seed draws one from the system's randomness source and logs it)")
+    seed_drawn: bool = derived(False, help="the seed was drawn (--mlperf-log, closed division, no --seed): the run "
+                                           "takes rank 0's draw on every worker, or a resumed checkpoint's seed")
     # --- model
     arch: str = option("resnetv15", "--arch", choices=("resnetv1", "resnetv15", "resnet9"),
                        help="network family (resnet9: the DAWNBench CIFAR-10 network)")
@@ -242,6 +250,8 @@ def build_parser(prog: str = "train.py") -> ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="JSON recipe file: option names as keys")
     for f in fields(Config):
         meta = f.metadata
+        if not meta["flags"]:
+            continue   # derived: not the user's to set
         kind, _ = _field_type(f.name)
         default = f.default if f.default is not MISSING else None
         text = f"{meta['help']} (default: {default})"
@@ -262,7 +272,7 @@ def load_recipe(path: str) -> dict:
         raise UsageError(f"recipe {path} is not valid JSON (line {err.lineno}: {err.msg})")
     if not isinstance(recipe, dict):
         raise UsageError(f"recipe {path} must be a JSON object of option names")
-    known = {f.name for f in fields(Config)}
+    known = {f.name for f in fields(Config) if f.metadata["flags"]}
     for key, value in recipe.items():
         if key not in known:
             raise UsageError(f"recipe {path}: unknown option {key!r}")
@@ -274,12 +284,50 @@ def resolve(argv: Optional[Sequence[str]] = None, prog: str = "train.py") -> Con
     """Defaults, then the recipe file, then the flags; checked."""
     given = vars(build_parser(prog).parse_args(argv))
     recipe_path = given.pop("config", None)
-    config = Config()
-    if recipe_path:
-        config = replace(config, **load_recipe(recipe_path))
-    config = replace(config, **given)
+    recipe = load_recipe(recipe_path) if recipe_path else {}
+    config = replace(replace(Config(), **recipe), **given)
     check(config)
+    if is_mlperf_closed(config) and "seed" not in given and "seed" not in recipe:
+        config = replace(config, seed=draw_seed(), seed_drawn=True)
     return config
+
+
+# A drawn seed travels from rank 0 to the other workers as one float32 value
+# (engine/collective.py, broadcast_int), exact for integers below 2**24.
+DRAWN_SEED_LIMIT = 2**24
+
+
+def draw_seed() -> int:
+    """A seed from the system's randomness source (os.urandom), as MLPerf's
+    closed rules ask ("random numbers": clock or system randomness)."""
+    import secrets
+
+    return secrets.randbelow(DRAWN_SEED_LIMIT)
+
+
+def is_mlperf_closed(config: Config) -> bool:
+    """A run whose MLPerf log claims the closed division (without
+    --mlperf-log the division is never written anywhere)."""
+    return bool(config.mlperf_log) and config.mlperf_division == "closed"
+
+
+def settle_seed(config: Config, broadcast_int: Callable[[int], int],
+                checkpoint_meta: Optional[dict]) -> Tuple[Config, Optional[str]]:
+    """The seed a training run uses, the same on every worker. A given
+    --seed stays as it is. A drawn one becomes, when resuming, the seed the
+    checkpoint's run started with (a resumed run continues that run), else
+    rank 0's draw (``broadcast_int``: rank 0's value of an integer on every
+    worker; each worker of a job resolved its own draw). Returns the config
+    and a line for rank 0 to print (None for a given seed). Every worker
+    must call this (the broadcast is collective)."""
+    if not config.seed_drawn:
+        return config, None
+    if checkpoint_meta is not None:
+        seed = int(checkpoint_meta["seed"])
+        return replace(config, seed=seed), f"seed {seed}: the seed this run started with (its checkpoint's)"
+    seed = broadcast_int(config.seed)
+    return replace(config, seed=seed), (f"seed {seed}, drawn from the system's randomness source (MLPerf closed "
+                                        "division without --seed; logged as 'seed')")
 
 
 def check(config: Config) -> None:
@@ -381,10 +429,12 @@ def check_distributed(config: Config) -> None:
 
 
 def check_mlperf(config: Config) -> None:
-    """--mlperf-log: what a log needs, and in the closed division the
-    hyperparameter values MLPerf's rules fix (those its checker verifies for
-    ResNet-50 in ruleset 4.0.0), refused here rather than found by the
-    checker after hours of training."""
+    """--mlperf-log: what a log needs, and in the closed division what
+    MLPerf's rules fix: the hyperparameters its checker verifies for
+    ResNet-50 in ruleset 4.0.0, refused here rather than found by the checker
+    after hours of training, and what no checker can see in a log (the
+    model, the image size, whole epochs, the evaluation cadence). All the
+    problems in one line, so that one correction fixes them."""
     if not config.mlperf_log:
         return
     if config.mode != "train_val":
@@ -406,6 +456,36 @@ def check_mlperf(config: Config) -> None:
             raise UsageError(f"{name.replace('_', '-')} must not be empty")
     if config.mlperf_division != "closed":
         return
+    problems = _closed_hyperparameter_problems(config) + _closed_recipe_problems(config)
+    if problems:
+        raise UsageError(f"--mlperf-division closed needs {'; '.join(problems)}: MLPerf's closed rules fix these; "
+                         "use --mlperf-division open for other values")
+
+
+def _closed_recipe_problems(config: Config) -> list:
+    """What MLPerf's closed ResNet-50 fixes and its checker cannot see in a
+    log: the model, the image size, whole epochs, the evaluation cadence
+    (the rules: "every 4 epochs with offset 0 or 1 or 2 or 3"; --eval-offset
+    counts epochs from 0), and the reference's LARS trust coefficient."""
+    problems = []
+    if (config.arch, config.num_layers) != ("resnetv15", 50):
+        problems.append(f"ResNet50 v1.5, --arch resnetv15 --num-layers 50 (got {model_name(config)})")
+    if config.image_size != 224:
+        problems.append(f"--image-size 224 (got {config.image_size})")
+    if config.iterations is not None:
+        # Each epoch is the whole training set: train_samples in the log says so.
+        problems.append(f"whole epochs, no -i/--iterations (got {config.iterations})")
+    if (config.eval_period, config.eval_offset) not in {(4, offset) for offset in range(4)}:
+        problems.append(f"--eval-period 4 with --eval-offset 0, 1, 2 or 3 (got period {config.eval_period}, "
+                        f"offset {config.eval_offset})")
+    if config.lars_eta != 0.001:
+        problems.append(f"--lars-eta 0.001 (got {config.lars_eta})")
+    return problems
+
+
+def _closed_hyperparameter_problems(config: Config) -> list:
+    """The hyperparameter constraints of MLPerf's ResNet-50 rules (ruleset
+    4.0.0), most of which its checker also verifies in the log."""
     import math
 
     problems = []
@@ -425,13 +505,13 @@ def check_mlperf(config: Config) -> None:
         base_lr = config.lr * global_batch_size(config) / 256
         if not _whole(base_lr / 0.001):
             problems.append(f"a base LR that is a multiple of 0.001 (--lr x global batch / 256 = {base_lr:.6g})")
+    # The rules: SGD warms up over "integer >= 0" epochs; LARS over an "arbitrary constant".
+    if config.optimizer == "sgd" and config.warmup_epochs != int(config.warmup_epochs):
+        problems.append(f"whole --warmup-epochs with --optimizer sgd (got {config.warmup_epochs})")
     # (LARS above a global batch of 32k may choose its momentum.)
     if (config.optimizer == "sgd" or global_batch_size(config) < 32768) and config.momentum != 0.9:
         problems.append(f"--momentum 0.9 (got {config.momentum})")
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise UsageError(f"--mlperf-division closed needs {problems[0]}{more}: MLPerf's closed rules fix these; "
-                         "use --mlperf-division open for other values")
+    return problems
 
 
 def _whole(value: float) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from ..cli import Interrupted, UsageError
-from ..config import Config, model_name, to_dict
+from ..config import Config, model_name, settle_seed, to_dict
 from ..phases import DataSettings
 from .checkpoint import (checkpoint_paths, complete_epochs, complete_positions, load_meta, load_states,
                          load_weights, prune, refuse_foreign_files, remove_leftovers, save_checkpoint)
@@ -210,6 +210,10 @@ def _train(config: Config, devices, group, stop: StopRequest) -> int:
                              f"{meta['dtype']}, or score it with --mode val")
         say(f"resuming from {name} (epoch {start_epoch} of {plan.epochs} done"
             f"{f', and {start_iteration} steps of the next' if start_iteration else ''})", flush=True)
+    # A drawn seed (MLPerf closed, no --seed): rank 0's on every worker, or the checkpoint's when resuming.
+    config, seed_line = settle_seed(config, group.broadcast_int, meta)
+    if seed_line:
+        say(seed_line, flush=True)
     reached = _target_reached(config, meta["epochs"] if meta else [])
     if reached is not None or start_epoch >= plan.epochs:
         say(f"{prefix}: " + (f"--target-top1 {config.target_top1} was reached at epoch {reached['epoch'] + 1} "
