@@ -14,6 +14,16 @@ from conftest import DATA_PREP, ROOT, make_small_demo, one_line_error
 RUN = ["--device", "cpu", "-n", "1", "-b", "2", "--image-size", "16", "--num-layers", "18", "--num-classes", "10",
        "-e", "1", "--model-prefix", "m"]
 SYN = RUN + ["--data-backend", "synthetic", "--num-examples", "8"]
+# What MLPerf's closed division accepts (ResNet50 v1.5 at 224 px, LARS, poly, validation every 4 epochs): each
+# case below changes one thing, and the refusal names that one alone.
+CLOSED = ["--device", "cpu", "-n", "1", "-b", "2", "--num-classes", "10", "-e", "1", "--model-prefix", "m",
+          "--data-root", "data", "--mlperf-log", "new.log", "--target-top1", "0.759", "--optimizer", "lars",
+          "--lr-schedule", "poly", "--eval-period", "4"]
+CLOSED_SGD = CLOSED[:-5] + ["sgd", "--lr-schedule", "poly", "--eval-period", "4", "--lr", "0.128"]   # base LR 0.001
+
+
+def closed_needs(what):
+    return f"--mlperf-division closed needs {what}: MLPerf's closed rules fix these"
 
 CASES = [
     # ./runner (train.py)
@@ -55,6 +65,19 @@ CASES = [
     ("runner", SYN + ["--wd", "nan"], "wd must be a finite number, got nan"),
     ("runner", RUN + ["--data-root", "data", "--mlperf-log", "r.json", "--report", "r.json", "--target-top1", "0.7",
                       "--mlperf-division", "open"], "--mlperf-log and --report name the same file r.json"),
+    ("runner", CLOSED + ["--eval-period", "2"], closed_needs("--eval-period 4 with --eval-offset 0, 1, 2 or 3 (got "
+                                                            "period 2, offset 0)")),
+    ("runner", CLOSED + ["--eval-offset", "4"], closed_needs("--eval-period 4 with --eval-offset 0, 1, 2 or 3 (got "
+                                                            "period 4, offset 4)")),
+    ("runner", CLOSED + ["-i", "3"], closed_needs("whole epochs, no -i/--iterations (got 3)")),
+    ("runner", CLOSED + ["--lars-eta", "0.002"], closed_needs("--lars-eta 0.001 (got 0.002)")),
+    ("runner", CLOSED + ["--num-layers", "18"], closed_needs("ResNet50 v1.5, --arch resnetv15 --num-layers 50 (got "
+                                                            "resnet18_v1.5)")),
+    ("runner", CLOSED + ["--arch", "resnetv1"], closed_needs("ResNet50 v1.5, --arch resnetv15 --num-layers 50 (got "
+                                                            "resnet50_v1)")),
+    ("runner", CLOSED + ["--image-size", "160"], closed_needs("--image-size 224 (got 160)")),
+    ("runner", CLOSED_SGD + ["--warmup-epochs", "1.5"], closed_needs("whole --warmup-epochs with --optimizer sgd "
+                                                                     "(got 1.5)")),
     # benchmark.py
     ("benchmark", ["--device", "cpu", "-n", "0", "-b", "4"], "positive integers"),
     ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "--dtype", "bfloat16"], "float16, float32 and/or int8"),
