@@ -60,14 +60,15 @@ RECIPES = {
     "RN9_CIFAR10_DAWN.sh": dict(arch="resnet9", num_classes=10, augment="cifar", image_size=32, batch_size=512,
                                 num_devices=1, dtype="float16", wd=5e-4, momentum=0.9, nesterov=True,
                                 target_top1=0.94, data_backend="dali-gpu"),
-    # MLPerf Training v4.0's closed ResNet-50 recipe at 8 x 204 (global batch 1632, base LR 7.4).
+    # MLPerf Training v4.0's closed ResNet-50 recipe at 8 x 204 (global batch 1632, base LR 7.4); no --seed:
+    # the closed division draws one.
     "RN50_MLPERF_8GPU.sh": dict(arch="resnetv15", num_layers=50, num_devices=8, batch_size=204, dtype="float16",
                                 input_layout="NHWC", data_backend="dali-gpu", mode="train_val", num_epochs=37,
                                 optimizer="lars", lars_eta=0.001, lars_epsilon=0.0, lr_schedule="poly",
                                 warmup_epochs=2.0, end_lr=1e-4, lr_power=2.0, wd=5e-5, momentum=0.9,
                                 nesterov=False, label_smoothing=0.1, eval_offset=2, eval_period=4,
                                 target_top1=0.759, mlperf_log="mlperf-resnet.log", mlperf_division="closed",
-                                save_frequency=0),
+                                save_frequency=0, image_size=224, iterations=None, seed_drawn=True),
     "SCORE_FP16.sh": dict(mode="val", dtype="float16", input_layout="NHWC", batch_size=256, data_backend="dali-gpu"),
     "SCORE_FP32.sh": dict(mode="val", dtype="float32", input_layout="NCHW", batch_size=256, data_backend="dali-gpu"),
 }
@@ -136,6 +137,9 @@ def test_mlperf_recipe_schedule_and_validation_epochs():
     plan = make_plan(config, 8, lambda settings: steps)
     # After the 3rd, 7th, .., 35th epoch as the epoch lines count them (NVIDIA's "targeting epoch 35"), and the 37th.
     assert [e + 1 for e in range(37) if plan.validates(e)] == [3, 7, 11, 15, 19, 23, 27, 31, 35, 37]
+    # Extra -n/-b pass through to ./runner: --lr is per 256 images, so the base LR follows the global batch.
+    on_4 = resolve(example_argv("RN50_MLPERF_8GPU.sh") + ["-n", "4"])
+    assert _rows(on_4, 4, steps)[(1, 3)][0] == pytest.approx(7.4 / 2)
 
 
 def test_cifar_dawn_schedule():
