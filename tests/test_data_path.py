@@ -162,8 +162,8 @@ def test_dali_records_are_read_off_the_main_thread(records, devices):
 
 
 def test_an_abandoned_epoch_stops_its_reader_threads(records):
-    # 12 batches a device; after one step, DALI has taken 3 and each reader
-    # thread is blocked 3 batches ahead.
+    # 12 batches a device; after one step DALI has taken 3 and each reader
+    # thread, 3 batches ahead, waits for DALI to take more.
     loader = make_loader(LoaderSpec(prefix=records, train=True, batch_size=1, image_size=32, threads=1,
                                     devices=[mx.cpu(0), mx.cpu(1)], backend="dali-cpu"))
     epoch = loader.epoch(0)
