@@ -210,3 +210,38 @@ def test_a_lars_step_costs_about_an_sgd_step():
 
     results = compare(_config(18, 32, 32, 1), steps=3, repeats=7, what=("step",))
     assert lars_step_ratio(results) <= 1.6, results
+
+
+def test_float16_lars_steps_on_float32_master_weights_equal_the_hand_computation():
+    """multi_precision: the norms of the master weight and of the float16
+    gradient, the update on the master weight, the float16 weight cast from it.
+    Gradients are set by hand (no float16 forward on CPUs)."""
+    from visionbench.engine.float16_contract import FLOAT16
+
+    net = small_net([mx.cpu()])
+    net.cast("float16")   # BatchNorm keeps float32 parameters
+    config = replace(Config(), optimizer="lars", momentum=MOMENTUM, wd=WD, lars_eta=ETA, lars_epsilon=EPS,
+                     device="cpu", kv_store="device")
+    trainer = build_trainer(config, net, FLOAT16)
+    trainer.set_learning_rate(LR)
+    params = {p.name: p for p in net.collect_params().values() if p.grad_req != "null"}
+    weights = {name: p.data().asnumpy().astype(np.float64) for name, p in params.items()}
+    velocity = {name: np.zeros_like(w) for name, w in weights.items()}
+    rng = np.random.RandomState(0)
+    for step in range(3):
+        grads = {}
+        for name, param in params.items():
+            # float16 squares stay normal float16 numbers on CPUs (see lars.py)
+            grads[name] = rng.uniform(0.05, 2, param.shape).astype(param.dtype).astype(np.float64)
+            param.grad()[:] = grads[name]
+        mark_fresh(net)
+        trainer.update(1)
+        hand_step(weights, grads, velocity)
+        states = trainer._updaters[0].states
+        for index, param in enumerate(trainer._params):
+            if param.grad_req == "null":
+                continue
+            master = states[index][1] if np.dtype(param.dtype) == np.float16 else param.data()
+            np.testing.assert_allclose(master.asnumpy(), weights[param.name], rtol=2e-5, atol=1e-6,
+                                       err_msg=f"step {step + 1}, {param.name}")
+            np.testing.assert_array_equal(param.data().asnumpy(), master.asnumpy().astype(param.dtype))

@@ -11,26 +11,32 @@ the trust ratio nor weight decay (``v = momentum * v + lr * g``). ``g`` is the
 gradient after ``rescale_grad``; norms are L2 over the whole tensor.
 
 How: MXNet's fused multi-tensor operators, a handful of calls per update of
-every parameter of one dtype on one device (the old per-array arithmetic
-took about 24 imperative operators per array, each a Python dispatch and, on
-GPUs, a wait on the stream):
+all parameters of one dtype on one device. The per-array arithmetic this
+replaces made 749 operator calls per update of ResNet18's 62 arrays (MXNet's
+profiler), each a Python dispatch and, on GPUs, a wait on the stream; this
+makes 16:
 
-- ``multi_sum_sq`` twice (weights, gradients) and ``multi_lars`` turn each
-  adapted array's LR into ``lr * trust``. Its formula, in MXNet 1.9.1's
+- ``device_rates``: the LRs and wds as one device array, filled by 3
+  asynchronous operators (no host copy to wait for).
+- ``multi_sum_sq`` once over the weights and gradients (twice in float16,
+  where their dtypes differ), then ``multi_lars``, turn each adapted array's
+  LR into ``lr * trust``. Its formula, in MXNet 1.9.1's
   src/operator/contrib/multi_lars-inl.h, is ours with the epsilon in the
   same place: ``lr * eta * |w| / (|g_raw| * rescale_grad + wd * |w| + eps)``,
   valid when ``|w| > 0`` and ``|g_raw|^2 > 0``; ``|g_raw| * rescale_grad``
   equals ``|g|`` up to float32 rounding.
 - ``preloaded_multi_sgd_mom_update`` (``preloaded_multi_mp_sgd_mom_update``
-  for float16) applies ``m = momentum * m - lr * wd * w - lr * g; w = w + m``
-  with those LRs, and wd 0 for the unadapted arrays.
+  for float16), one call per array size (``fused_chunks``), applies
+  ``m = momentum * m - lr * wd * w - lr * g; w = w + m`` with those LRs,
+  and wd 0 for the unadapted arrays.
 
 So the optimizer state is MXNet's momentum ``m = -v`` (same magnitude,
 opposite sign); the weights follow the same sequence. The pickled optimizer
 (Gluon's ``Trainer.save_states`` stores it beside the states) carries
 ``state_format``: states saved by the earlier per-array implementation
-(``v``, no ``state_format``) are refused in one line, since the sign of every
-array would have to flip.
+(``v``, no ``state_format``) are refused in one line. Converting them would
+flip the sign of every state, but the optimizer is unpickled after the
+states, with no reference to them.
 
 Differences from the earlier implementation, all float32 rounding (within
 tests/test_lars.py's tolerances): ``|g_raw| * rescale_grad`` for ``|g|``;
@@ -42,8 +48,9 @@ unclipped gradient, and the suite never clips.
 
 Why not MXNet's own ``mx.optimizer.LARS``: it recognises BatchNorm and bias
 parameters by ``idx2name``, which a Gluon Trainer leaves empty (so it would
-adapt them too), and scales momentum by the LR ratio of consecutive steps
-(``momentum_correction``), which MLPerf's reference does not.
+adapt them too), scales momentum by the LR ratio of consecutive steps
+(``momentum_correction``), which MLPerf's reference does not, and updates
+MXNET_OPTIMIZER_AGGREGATION_SIZE arrays per call (4 by default).
 
 float16 (``multi_precision=True``): the state of a float16 parameter is
 (momentum, float32 master weight), in SGD's order; the norms are of the
@@ -64,7 +71,7 @@ from ..cli import UsageError
 UNADAPTED_SUFFIXES = ("gamma", "beta", "bias")
 # Arrays per update call (Optimizer.aggregate_num, set here rather than by
 # MXNET_OPTIMIZER_AGGREGATION_SIZE): all of one dtype on one device at once
-# (ResNet152 has 467), so the norms and trust ratios take 3 operators per step.
+# (ResNet152 has 467), so the norms and trust ratios take 2 or 3 operators.
 ARRAYS_PER_CALL = 4096
 # preloaded_multi_*sgd_mom_update takes at most 60 arrays a call
 # (PreloadedMultiSGDKernelParam::N in MXNet 1.9.1; more would overrun it).
@@ -72,9 +79,9 @@ FUSED_UPDATE_LIMIT = 60
 # That operator walks every array of a call for each element index up to the
 # largest size: a call holds arrays of one size, or small ones (BatchNorm's and
 # the biases', a few hundred elements each) while it visits at most SMALL_WORK
-# elements. On this CPU, ResNet18's arrays in calls of up to 60 whose largest
-# size is at most twice the elements updated took 4 times as long as one call
-# per array; same-size calls took about as long as one call per array.
+# elements. On an AMD EPYC (2 shared cores), ResNet18's weights in calls of up
+# to 60 whose largest size was at most twice the elements updated took 4 times
+# as long as one call per array (224 vs 52 ms); same-size calls, about as long.
 SMALL_WORK = 1 << 16
 # device_rates: at most this many fills (asynchronous operators) before it copies instead.
 MAX_FILLS = 4
