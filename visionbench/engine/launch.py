@@ -94,7 +94,7 @@ def worker_environments(config: Config, port: int, environ=os.environ) -> List[d
     """The environment of each of this machine's workers."""
     envs = [dict(job_environment(config, port, "worker"), **{LOCAL_WORKER_ENV: str(i)})
             for i in range(config.local_workers)]
-    if config.device == "gpu":
+    if config.device == "gpu":   # GPU-ONLY but for the CUDA_VISIBLE_DEVICES arithmetic (tested on CPU)
         visible = environ.get("CUDA_VISIBLE_DEVICES")
         count = None
         if visible is None:
