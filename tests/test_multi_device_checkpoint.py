@@ -85,11 +85,22 @@ def test_trained_weights_are_identical_on_every_device_and_statistics_are_not(tr
     """What the checkpoint's design rests on: after an update with reduced
     gradients every device holds the same weights, bit for bit; BatchNorm's
     running statistics (never reduced) differ."""
-    net, _ = trained_on_three
+    net, trainer = trained_on_three
     for param in net.collect_params().values():
         copies = [d.asnumpy() for d in param.list_data()]
         same = all(np.array_equal(copies[0], c) for c in copies[1:])
         assert same == (param.grad_req != "null"), param.name
+    first = trainer._updaters[0].states   # and the optimizer state (momentum), which only device 0's is saved of
+    assert len(first) == 62
+    for updater in trainer._updaters[1:]:
+        for index, state in first.items():
+            assert np.array_equal(updater.states[index].asnumpy(), state.asnumpy()), index
+
+
+def _assert_same_on_every_device(net, other):
+    for name, param in net.collect_params().items():
+        for k, copy in enumerate(param.list_data()):
+            assert np.array_equal(other.collect_params()[name].list_data()[k].asnumpy(), copy.asnumpy()), (name, k)
 
 
 def test_every_devices_batchnorm_statistics_come_back_to_that_device(tmp_path, trained_on_three):
@@ -103,9 +114,22 @@ def test_every_devices_batchnorm_statistics_come_back_to_that_device(tmp_path, t
     for name, copies in before.items():
         for k, copy in enumerate(copies):
             assert np.array_equal(after[name][k], copy), (name, k)
-    for name, param in fresh.collect_params().items():   # and the weights, everywhere
-        for k, copy in enumerate(param.list_data()):
-            assert np.array_equal(copy.asnumpy(), net.collect_params()[name].list_data()[k].asnumpy()), (name, k)
+    _assert_same_on_every_device(net, fresh)   # the weights too
+
+
+def test_a_resumed_step_equals_the_uninterrupted_step_on_every_device(tmp_path, trained_on_three):
+    """A resume loads what the next step needs, and nothing after it undoes
+    that: Gluon's first allreduce (or a resume's loading of the optimizer
+    state) copies device 0's value of every parameter to every device when
+    it sets up the kvstore, BatchNorm statistics included."""
+    net, trainer = trained_on_three
+    prefix = tmp_path / "m"
+    checkpoint.save_checkpoint(net, trainer, prefix, 1, _meta(1))
+    resumed, resumed_trainer = _net_and_trainer(THREE)
+    checkpoint.load_checkpoint(resumed, resumed_trainer, prefix, 1, THREE)
+    for model, its_trainer in ((net, trainer), (resumed, resumed_trainer)):
+        _step(model, its_trainer, THREE, seed=2)
+    _assert_same_on_every_device(net, resumed)
 
 
 def test_on_another_device_count_every_device_takes_device_0s_statistics(tmp_path, trained_on_three):
@@ -162,3 +186,27 @@ def test_a_usage_error_while_loading_states_reaches_the_user_unchanged(tmp_path)
     states.write_bytes(b"not a pickle")   # anything else still names the file
     with pytest.raises(UsageError, match=f"optimizer state {states} cannot be loaded"):
         checkpoint.load_states(resumed, prefix, 1)
+
+
+def test_scoring_the_last_checkpoint_on_as_many_devices_reproduces_its_validation(tmp_path_factory):
+    """--mode val on 3 devices gives each device its own BatchNorm statistics
+    back, as training validated with them: the same top-1 and top-5."""
+    import json
+    import re
+
+    from conftest import make_small_demo, run_runner
+
+    folder = tmp_path_factory.mktemp("scored")
+    data = make_small_demo(folder / "demo", 8, val_per_class=20)   # 200 val images: a BatchNorm change shows
+    prefix, report = folder / "m", folder / "report.json"
+    common = ["--device", "cpu", "-n", "3", "-b", "4", "--data-root", data, "--image-size", "32", "--num-layers", "18",
+              "--num-classes", "10", "--model-prefix", prefix]
+    trained = run_runner(*common, "--lr", "0.4", "--warmup-epochs", "0", "-e", "2", "--report", report)
+    assert trained.returncode == 0, trained.stderr
+    last = json.loads(report.read_text())["epochs"][-1]
+    scored = run_runner(*common, "--mode", "val", "--load-epoch", "2")
+    assert scored.returncode == 0, scored.stderr
+    found = re.search(r"val top-1 ([0-9.]+) top-5 ([0-9.]+) over (\d+) images", scored.stdout)
+    assert found, scored.stdout
+    assert (found[1], found[2], int(found[3])) == (f"{last['val_top1']:.4f}", f"{last['val_top5']:.4f}",
+                                                   last["val_images"])

@@ -16,15 +16,29 @@ from visionbench.engine import checkpoint
 from visionbench.report.schema import validate_report
 
 
-def _args(prefix, *extra):
-    # ResNet18 at 16 px on synthetic data: 24 steps of 8 images per epoch, a fraction of a second each.
-    return ["--device", "cpu", "-n", "1", "-b", "8", "--data-backend", "synthetic", "--num-examples", "192",
+def _args(prefix, *extra, devices=1):
+    # ResNet18 at 16 px on synthetic data: 24 steps of 8 images per epoch (8 steps of 3 x 8 on 3
+    # devices), a fraction of a second each.
+    return ["--device", "cpu", "-n", str(devices), "-b", "8", "--data-backend", "synthetic", "--num-examples", "192",
             "--image-size", "16", "--num-layers", "18", "--num-classes", "10", "--lr", "0.2", "--warmup-epochs", "0",
             "--lr-schedule", "cosine", "--mode", "train", "--model-prefix", prefix, "--seed", "7", *extra]
 
 
 def _params(prefix, epoch):
     return {k: v.asnumpy() for k, v in mx.nd.load(f"{prefix}-{epoch:04d}.params").items()}
+
+
+def _assert_same_final_state(prefix, reference, epoch, devices):
+    """Device 0's weights and statistics (.params) and, on several devices,
+    every device's BatchNorm statistics (.bnstats), bit for bit."""
+    for suffix in ("params", "bnstats") if devices > 1 else ("params",):
+        expected = mx.nd.load(f"{reference}-{epoch:04d}.{suffix}")
+        found = mx.nd.load(f"{prefix}-{epoch:04d}.{suffix}")
+        assert found.keys() == expected.keys() and len(found) > 0, suffix
+        for name, array in expected.items():
+            assert np.array_equal(found[name].asnumpy(), array.asnumpy()), (suffix, name)
+    if devices > 1:   # 3 devices x 20 BatchNorm layers x (mean, variance)
+        assert len(mx.nd.load(f"{prefix}-{epoch:04d}.bnstats")) == devices * 40
 
 
 def _same_weights(a, b):
@@ -38,12 +52,18 @@ def _resumed_from(out):
     return (int(found[1]), int(found[3] or 0)) if found else None
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+# Per device count: --disp-batches, and the progress lines of a mid-epoch
+# event in epoch 1 (before any checkpoint) and in epoch 3 (after some).
+KILL_POINTS = {1: ("4", r"^epoch 1/4 batch 8/", r"^epoch 3/4 batch 12/"),
+               3: ("2", r"^epoch 1/4 batch 4/", r"^epoch 3/4 batch 4/")}
+
+
+@pytest.fixture(scope="module", params=[1, 3], ids=["1 device", "3 devices"])
+def uninterrupted(request, tmp_path_factory):
     prefix = tmp_path_factory.mktemp("whole") / "m"
-    result = run_runner(*_args(prefix, "-e", "4"))
+    result = run_runner(*_args(prefix, "-e", "4", devices=request.param))
     assert result.returncode == 0, result.stderr
-    return prefix
+    return prefix, request.param
 
 
 def test_kill_9_at_five_points_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
@@ -51,12 +71,15 @@ def test_kill_9_at_five_points_then_resume_equals_uninterrupted(uninterrupted, t
     taken, no step yet), mid-epoch before any checkpoint, mid-epoch after
     checkpoints, right after a checkpoint, and during a checkpoint write.
     Each rerun resumes from the newest complete checkpoint and says so; the
-    final weights are the uninterrupted run's, bit for bit (synthetic data)."""
+    final weights are the uninterrupted run's, bit for bit (synthetic data),
+    and on 3 devices every device's BatchNorm statistics too."""
+    uninterrupted, devices = uninterrupted
+    display, in_epoch_1, in_epoch_3 = KILL_POINTS[devices]
     prefix = tmp_path / "m"
-    args = _args(prefix, "-e", "4", "--disp-batches", "4")
+    args = _args(prefix, "-e", "4", "--disp-batches", display, devices=devices)
     events = [("start-up", lambda job: job.wait_for_file(tmp_path, "m.lock")),
-              ("epoch 1, no checkpoint yet", lambda job: job.wait_for_line(r"^epoch 1/4 batch 8/")),
-              ("mid-epoch 3", lambda job: job.wait_for_line(r"^epoch 3/4 batch 12/")),
+              ("epoch 1, no checkpoint yet", lambda job: job.wait_for_line(in_epoch_1)),
+              ("mid-epoch 3", lambda job: job.wait_for_line(in_epoch_3)),
               ("right after a checkpoint", lambda job: job.wait_for_file(tmp_path, "m-0003.json")),
               ("during a checkpoint write", lambda job: (job.wait_for_line("^resuming from"),   # leftovers removed
                                                          job.wait_for_file(tmp_path, ".m.checkpoint-journal")))]
@@ -77,8 +100,7 @@ def test_kill_9_at_five_points_then_resume_equals_uninterrupted(uninterrupted, t
     final = run_runner(*args)
     assert final.returncode == 0, final.stderr
     assert _resumed_from(final.stdout) == newest
-    for name, weights in _params(uninterrupted, 4).items():
-        assert np.array_equal(_params(prefix, 4)[name], weights), name
+    _assert_same_final_state(prefix, uninterrupted, 4, devices)
     assert not list(tmp_path.glob(".*partial*")) and not checkpoint.journal_path(prefix).exists()
 
 
@@ -94,11 +116,15 @@ def _sigterm_mid_epoch(args, at_line):
     return int(re.search(r"iteration (\d+)", line)[1]), line
 
 
-def test_sigterm_mid_epoch_on_synthetic_data_resumes_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("devices", [1, 3], ids=["1 device", "3 devices"])
+def test_sigterm_mid_epoch_on_synthetic_data_resumes_bit_for_bit(tmp_path, devices):
+    # 240 images: 30 steps an epoch on one device, 10 on three.
     prefix, report = tmp_path / "m", tmp_path / "r.json"
-    args = _args(prefix, "-e", "3", "--report", report, "--num-examples", "240", "--disp-batches", "10")
-    iteration, _ = _sigterm_mid_epoch(args, r"^epoch 2/3 batch 10/")
-    assert 10 <= iteration < 30
+    steps, display = (30, 10) if devices == 1 else (10, 2)
+    args = _args(prefix, "-e", "3", "--report", report, "--num-examples", "240", "--disp-batches", display,
+                 devices=devices)
+    iteration, _ = _sigterm_mid_epoch(args, rf"^epoch 2/3 batch {display}/")
+    assert display <= iteration < steps
     assert checkpoint.complete_positions(prefix)[-1] == (1, iteration)
     partial = json.loads(report.read_text())
     validate_report(partial, "train_report")
@@ -110,9 +136,8 @@ def test_sigterm_mid_epoch_on_synthetic_data_resumes_bit_for_bit(tmp_path):
         in resumed.stdout
     whole = tmp_path / "whole" / "m"
     whole.parent.mkdir()
-    assert run_runner(*_args(whole, "-e", "3", "--num-examples", "240")).returncode == 0
-    for name, weights in _params(whole, 3).items():   # the README's promise: bit for bit
-        assert np.array_equal(_params(prefix, 3)[name], weights), name
+    assert run_runner(*_args(whole, "-e", "3", "--num-examples", "240", devices=devices)).returncode == 0
+    _assert_same_final_state(prefix, whole, 3, devices)   # the README's promise: bit for bit
     final = json.loads(report.read_text())
     assert final["status"] == "complete" and [e["epoch"] for e in final["epochs"]] == list(range(3))
     assert final["epochs"][1]["train_images"] == 240   # the interrupted epoch counts every image once

@@ -15,7 +15,8 @@
 What is saved of a run on several devices. Gradients are summed over the
 devices before every update and each device applies the same update to the
 same weights (float16 runs: to the same float32 master weights), so every
-device holds the same weights and optimizer state, bit for bit (tested):
+device holds the same weights and optimizer state, bit for bit (tested in
+float32 on CPU contexts; float16 updates are the same elementwise kernels):
 device 0's copy is saved, never an average of the copies (MXNet's export
 averages, and that rounds). BatchNorm's running statistics are not reduced:
 each device keeps its own, from its own shard of every batch. The .params
@@ -27,8 +28,12 @@ validation of the epoch it scores (each device evaluates its shard of the val
 set with its own statistics, as in training). On another number of devices
 every device takes device 0's statistics: the .params model. A
 parameter-server job saves rank 0's devices' statistics; every worker
-resumes with them. Optimizer state is loaded onto each device directly from
-host memory, never through device 0.
+resumes with them. The .json of a checkpoint with a .bnstats says so
+(``bnstats_devices``), and the set is complete only with it. A resume loads
+the optimizer state first and the statistics after it: setting up the
+Trainer's kvstore copies device 0's value of every parameter, statistics
+included, to every device. Optimizer state is loaded onto each device
+directly from host memory, never through device 0.
 
 Every file is written under a temporary name and renamed; a checkpoint
 without its .json is ignored (an interrupted write), so resuming always
@@ -215,7 +220,8 @@ def _write_weights(net, path: Path) -> None:
     import mxnet as mx
 
     graph = net._cached_graph[1]
-    kinds = {**{name: "arg" for name in graph.list_arguments()}, **{name: "aux" for name in graph.list_auxiliary_states()}}
+    kinds = {name: "arg" for name in graph.list_arguments()}
+    kinds.update({name: "aux" for name in graph.list_auxiliary_states()})
     arrays = {f"{kinds[p.name]}:{p.name}": p.list_data()[0].copyto(mx.cpu())
               for p in net.collect_params().values() if p.name in kinds}
     mx.nd.save(str(path), arrays)
@@ -233,6 +239,19 @@ def _write_device_statistics(net, path: Path) -> None:
     _fsynced(path)
 
 
+def _set_up_kvstore(trainer) -> None:
+    """Create the Trainer's kvstore (this decides _update_on_kvstore) and
+    initialise its keys, as Gluon does lazily at the first allreduce. That
+    initialisation copies device 0's value of every parameter to every
+    device, BatchNorm statistics included: in a fresh run at its first
+    step, and here, so a resume loads every device's own statistics after
+    it (load_checkpoint)."""
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+
+
 def _write_states(trainer, path: Path) -> None:
     """The optimizer state of device 0's updater (every device's is the same:
     same gradients, same weights, same update), in Trainer.save_states's
@@ -243,13 +262,10 @@ def _write_states(trainer, path: Path) -> None:
 
     import mxnet as mx
 
+    _set_up_kvstore(trainer)   # what Trainer.save_states does first
     if trainer._update_on_kvstore:   # the state lives in the kvstore: MXNet's own writer
         trainer.save_states(str(path))
         return
-    if not trainer._kv_initialized:   # what Trainer.save_states does first
-        trainer._init_kvstore()
-    if trainer._params_to_init:
-        trainer._init_params()
     updater = trainer._updaters[0]
     host = {index: updater.sync_state_context(state, mx.cpu()) for index, state in updater.states.items()}
     with open(path, "wb") as handle:
@@ -369,6 +385,15 @@ def load_meta(prefix: Path, epoch: int, iteration: int = 0) -> dict:
         raise UsageError(f"checkpoint {path} is unreadable ({err})")
 
 
+def load_checkpoint(net, trainer, prefix: Path, epoch: int, devices, iteration: int = 0) -> None:
+    """What a resume loads, in the order that keeps every device's own
+    BatchNorm statistics: the optimizer state first (loading it sets up the
+    Trainer's kvstore, which copies device 0's value of every parameter to
+    every device), then the weights and each device's statistics."""
+    load_states(trainer, prefix, epoch, iteration)
+    load_weights(net, prefix, epoch, devices, iteration)
+
+
 def load_weights(net, prefix: Path, epoch: int, devices, iteration: int = 0, cast: bool = False) -> None:
     """Device 0's weights and statistics (the .params) onto every device, then,
     when the checkpoint was written on as many devices, each device's own
@@ -427,13 +452,10 @@ def _set_states_on_each_device(trainer, path: Path) -> None:
     each updater gets its own copy on its own device."""
     import pickle
 
+    _set_up_kvstore(trainer)   # what Trainer.load_states does first
     if trainer._update_on_kvstore:   # the state lives in the kvstore: MXNet's own reader
         trainer.load_states(str(path))
         return
-    if not trainer._kv_initialized:
-        trainer._init_kvstore()
-    if trainer._params_to_init:
-        trainer._init_params()
     saved = pickle.loads(path.read_bytes())
     states, optimizer = saved if isinstance(saved, tuple) and len(saved) == 2 else (saved, trainer._optimizer)
     # updater K applies the updates of every parameter's copy K (Trainer._update), on context K

@@ -11,7 +11,7 @@ from typing import Dict, List
 from ..cli import Interrupted, UsageError
 from ..config import Config, model_name, settle_seed, to_dict
 from ..phases import DataSettings
-from .checkpoint import (checkpoint_paths, complete_epochs, complete_positions, load_meta, load_states,
+from .checkpoint import (checkpoint_paths, complete_epochs, complete_positions, load_checkpoint, load_meta,
                          load_weights, prune, refuse_foreign_files, remove_leftovers, save_checkpoint)
 from .plan import TrainingPlan, data_folder, format_rows, make_plan
 from .precision import LossScaler, resolve_precision
@@ -306,8 +306,7 @@ def _train_run(config: Config, devices, group, stop: StopRequest, plan: Training
     records: List[dict] = []
     progress = EpochProgress()
     if meta is not None:
-        load_weights(net, prefix, start_epoch, devices, start_iteration)
-        load_states(trainer, prefix, start_epoch, start_iteration)
+        load_checkpoint(net, trainer, prefix, start_epoch, devices, start_iteration)
         scaler.restore(meta["loss_scaler"])
         records = meta["epochs"]
         if start_iteration:
