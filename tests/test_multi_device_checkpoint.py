@@ -161,6 +161,10 @@ def test_resume_loads_each_devices_optimizer_state_onto_that_device(tmp_path):
             assert np.array_equal(state.asnumpy(), saved[index].asnumpy()), index
         assert updater.optimizer is resumed._optimizer   # one optimizer: its schedule and counts are shared
     assert resumed._optimizer.num_update == trainer._optimizer.num_update == 1
+    # The file keeps Trainer.save_states's format: MXNet's own reader takes it too.
+    _, plain = _net_and_trainer(devices)
+    plain.load_states(str(checkpoint.checkpoint_paths(prefix, 1)["states"]))
+    assert plain._optimizer.num_update == 1 and plain._updaters[1].states.keys() == saved.keys()
 
 
 class RefusingOptimizer(mx.optimizer.SGD):

@@ -203,12 +203,16 @@ def _fsynced(path: Path) -> None:
     fsync_path(path)   # the data on disk before its rename makes it count
 
 
-def _write_network(net, symbol: Path) -> None:
+def _graph(net):
     """The graph net.export saves (the hybridized net's cached graph, what
     SymbolBlock.imports reads); it exists once the net has run forward."""
     if not net._cached_graph:
         raise RuntimeError("a checkpoint needs one forward pass of the hybridized network first")
-    net._cached_graph[1].save(str(symbol), remove_amp_cast=True)
+    return net._cached_graph[1]
+
+
+def _write_network(net, symbol: Path) -> None:
+    _graph(net).save(str(symbol), remove_amp_cast=True)
     _fsynced(symbol)
 
 
@@ -219,7 +223,7 @@ def _write_weights(net, path: Path) -> None:
     machine. net.export would save the average of the devices' copies."""
     import mxnet as mx
 
-    graph = net._cached_graph[1]
+    graph = _graph(net)
     kinds = {name: "arg" for name in graph.list_arguments()}
     kinds.update({name: "aux" for name in graph.list_auxiliary_states()})
     arrays = {f"{kinds[p.name]}:{p.name}": p.list_data()[0].copyto(mx.cpu())
