@@ -155,8 +155,9 @@ def test_states_saved_by_the_per_array_lars_are_refused_in_one_line(tmp_path):
     trainer.save_states(str(path))
     saved = path.read_bytes()
     _, resumed = resnet18_trainer([mx.cpu()])
-    with pytest.raises(UsageError, match=r"^this optimizer state was saved by visionbench's earlier --optimizer "
-                                         r"lars, whose momentum has the opposite sign") as refused:
+    with pytest.raises(UsageError, match=r"^the checkpoint's optimizer state \(\.states\) was saved by "
+                                         r"visionbench's earlier --optimizer lars, whose momentum has the "
+                                         r"opposite sign") as refused:
         resumed.load_states(str(path))
     assert "\n" not in str(refused.value)
     assert path.read_bytes() == saved

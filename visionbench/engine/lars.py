@@ -87,9 +87,9 @@ SMALL_WORK = 1 << 16
 MAX_FILLS = 4
 # What the pickled optimizer says its states are: MXNet's momentum (w += m).
 STATE_FORMAT = "mxnet-momentum"
-OLD_STATES = ("this optimizer state was saved by visionbench's earlier --optimizer lars, whose momentum has "
-              "the opposite sign to this version's fused update: resume it with the version that saved it, "
-              "or start a new run under another --model-prefix")
+OLD_STATES = ("the checkpoint's optimizer state (.states) was saved by visionbench's earlier --optimizer lars, "
+              "whose momentum has the opposite sign to this version's fused update: resume it with the version "
+              "that saved it, or start a new run under another --model-prefix")
 
 
 def as_lists(index, weight, grad, state):
