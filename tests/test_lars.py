@@ -207,9 +207,9 @@ def test_a_lars_step_costs_about_an_sgd_step():
     medians. docs/PERFORMANCE.md holds LARS to 1.2 x SGD with longer runs; on
     a shared 2-core machine short runs of the fused LARS measured 1.05 to 1.32,
     so this check allows 1.6 (the per-array LARS measured 2.2 to 2.8)."""
-    from visionbench.bench.optimizer_step import _config, compare, lars_step_ratio
+    from visionbench.bench.optimizer_step import compare, lars_step_ratio, step_config
 
-    results = compare(_config(18, 32, 32, 1), steps=3, repeats=7, what=("step",))
+    results = compare(step_config(18, 32, 32, 1), steps=3, repeats=7, what=("step",))
     assert lars_step_ratio(results) <= 1.6, results
 
 

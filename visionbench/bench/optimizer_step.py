@@ -10,9 +10,11 @@ builds (``build_trainer``), on the same fixed synthetic batch:
 - ``update``: the same, but only ``trainer.step`` is timed (each backward
   waited for first), so the optimizer's own cost shows apart from the model's.
 
-Runs alternate (sgd, lars, lars, sgd, ...) ``--repeats`` times after one
-untimed warm-up run each; figures are medians of milliseconds per step, and
-the ratio is of the medians.
+The four (sgd step, lars step, sgd update, lars update) run in rotation,
+every other round in reverse order, ``--repeats`` times after one untimed
+warm-up run of each model; figures are medians of milliseconds per step, and
+the ratio is of the medians. SGD is MXNet's, as ``--optimizer sgd`` builds it
+(MXNET_OPTIMIZER_AGGREGATION_SIZE, 4 by default, arrays per fused call).
 
     python -m visionbench.bench.optimizer_step --num-layers 18 --image-size 32 -b 32
 """
@@ -30,7 +32,7 @@ from .compare import in_rotation, median_ratio, median_table
 OPTIMIZERS = ("sgd", "lars")
 
 
-def _config(num_layers: int, image_size: int, batch_size: int, num_devices: int):
+def step_config(num_layers: int, image_size: int, batch_size: int, num_devices: int):
     from ..config import Config
 
     # MLPerf's LARS settings (eta 0.001, epsilon 0, momentum 0.9, wd 1e-4) are the defaults.
@@ -125,7 +127,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    config = _config(args.num_layers, args.image_size, args.batch_size, args.num_devices)
+    config = step_config(args.num_layers, args.image_size, args.batch_size, args.num_devices)
     print(report(args, compare(config, args.steps, args.repeats)))
     return 0
 

@@ -196,7 +196,7 @@ def device_rates(values: Sequence[float], context):
     """``values`` as a float32 NDArray on ``context``. Few runs of one value
     each (the suite's: the LR for every array, wd for the adapted ones, 0 for
     the rest) take one asynchronous fill each; more take ``mx.nd.array``, a
-    copy the host waits for (behind the queued operators on a CPU)."""
+    synchronous copy from the host."""
     runs = [(value, len(list(group))) for value, group in itertools.groupby(values)]
     if len(runs) > MAX_FILLS:
         return mx.nd.array(values, ctx=context, dtype="float32")
