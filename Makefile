@@ -67,6 +67,7 @@ bench: $(BENCH_STAMP)
 	$(PY) -m visionbench.bench.overhead --steps 6 --repeats 5 > $(BENCH_DIR)/1-training-overhead-resnet50.md && cat $(BENCH_DIR)/1-training-overhead-resnet50.md
 	$(PY) -m visionbench.bench.input_compare --images 1024 --steps 10 --warmup 3 --repeats 5 > $(BENCH_DIR)/2-input-pipelines.md && cat $(BENCH_DIR)/2-input-pipelines.md
 	$(PY) -m visionbench.bench.end_to_end --repeats 3 > $(BENCH_DIR)/2-end-to-end.md && cat $(BENCH_DIR)/2-end-to-end.md
+	$(PY) -m visionbench.bench.main_thread > $(BENCH_DIR)/2-main-thread.md && cat $(BENCH_DIR)/2-main-thread.md
 	$(PY) -m visionbench.bench.inference_compare --batch-sizes 1,16 --repeats 5 --int8 --pytorch > $(BENCH_DIR)/3-inference.md && cat $(BENCH_DIR)/3-inference.md
 	$(PY) -m visionbench.bench.int8_variants --batch-size 16 --repeats 5 > $(BENCH_DIR)/3-int8-variants.md && cat $(BENCH_DIR)/3-int8-variants.md
 	$(PY) -m visionbench.bench.prep_workers --images 3000 --repeats 5 > $(BENCH_DIR)/4-data-prep-workers.md && cat $(BENCH_DIR)/4-data-prep-workers.md

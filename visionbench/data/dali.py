@@ -13,10 +13,10 @@ step, only hands over a batch already read. Batches reach MXNet through our
 own loop over the pipelines (``_device_batches``), not DALI's MXNet plugin:
 DALI 1.34's plugin copies GPU outputs with ``non_blocking=True`` and no
 stream, so nothing makes MXNet wait for the copy (fixed in DALI after 1.34,
-PR 5364); ``copy_to_ndarray`` copies and waits.
+PR 5364); ``_copy_to_ndarray`` copies and waits.
 
 GPU-only lines are confined to ``_placement``, ``_to_device`` and the GPU
-branch of ``copy_to_ndarray`` (marked GPU-ONLY) and nvJPEG's options
+branch of ``_copy_to_ndarray`` (marked GPU-ONLY) and nvJPEG's options
 (gpu_decoding.py); they cannot run on the development machines.
 """
 from __future__ import annotations
@@ -56,7 +56,8 @@ def _placement(backend: str, context) -> tuple[Optional[int], str]:
 def _to_device(node, context):
     """Every output of a pipeline built for a GPU leaves it on that GPU: the
     decoded images of ``mixed`` decoding already are, the labels (and CPU
-    decoded images) are copied (the MXNet plugin puts CPU outputs on cpu(0))."""
+    decoded images) are copied (_copy_to_ndarray copies a CPU batch into
+    host memory only)."""
     if context.device_type == "gpu" and node.device == "cpu":
         return node.gpu()   # GPU-ONLY
     return node
@@ -239,9 +240,7 @@ def build_pipeline(spec: LoaderSpec, feed: _EpochFeed, context, seed: int):
     def pipeline():
         decode_options = decoder_options(decode_device)   # GPU-ONLY extras for nvJPEG; none on CPU
         dtypes = [types.UINT8, types.FLOAT] + [types.FLOAT] * (4 if rect else 0)
-        # no_copy: DALI shares the batches the feed built (each owns its
-        # memory and is never written again) instead of copying them on the
-        # main thread.
+        # no_copy: DALI shares the feed's batches (never written again), no copy on the main thread.
         inputs = fn.external_source(source=feed, num_outputs=len(dtypes), batch=True, dtype=dtypes,
                                     no_copy=True)
         encoded, labels = inputs[0], inputs[1]
@@ -373,20 +372,25 @@ def _to_ndarray(batch, context, drop_last_axis: bool = False):
     sample = tuple(samples[0])
     shape = (len(samples),) + (sample[:-1] if drop_last_axis else sample)
     array = mx.nd.empty(shape, ctx=context, dtype=types.to_numpy_type(batch.dtype))
-    copy_to_ndarray(batch, array)
+    _copy_to_ndarray(batch, array)
     return array
 
 
-def copy_to_ndarray(batch, array) -> None:
+def _copy_to_ndarray(batch, array) -> None:
     """Copy a dense DALI batch (TensorListCPU or TensorListGPU) into an
-    NDArray of as many bytes, and return once the bytes are there."""
+    NDArray of as many bytes (the caller's promise: _to_ndarray shapes it
+    from the batch) on the batch's device, and return once the bytes are
+    there."""
     import mxnet as mx
 
+    on_host = isinstance(batch, tensors.TensorListCPU)
+    if on_host and array.context.device_type != "cpu":
+        raise ValueError(f"a DALI batch in host memory cannot be copied into an NDArray on {array.context}")
     # MXNet may still be reading or writing the array: wait, as DALI's plugin does.
     mx.base.check_call(mx.base._LIB.MXNDArrayWaitToWrite(array.handle))
     pointer = ctypes.c_void_p()
     mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
-    if isinstance(batch, tensors.TensorListCPU):
+    if on_host:
         batch.copy_to_external(pointer)
     else:
         # GPU-ONLY: a TensorListGPU into an NDArray on the same GPU. No stream
