@@ -87,6 +87,10 @@ class _EpochFeed:
         # Positions of the latest batches handed to DALI, to name a record it
         # fails on: at most the prefetch queue plus the batch being decoded.
         self.fed: deque = deque(maxlen=PREFETCH_DEPTH + 2)
+        # The batches themselves, as long: DALI 1.34's external_source with
+        # no_copy asks the caller to keep them alive until consumed (its
+        # documentation: prefetch_queue_depth iterations after the feed).
+        self._kept: deque = deque(maxlen=PREFETCH_DEPTH + 2)
 
     def batch_at(self, index: int) -> tuple[np.ndarray, int, int]:
         """(positions, pad, records left out) of batch ``index``."""
@@ -131,6 +135,7 @@ class _EpochFeed:
                 self._ahead = _ReadAhead(self.read_batch, len(self.plan.positions), self.read_ahead)
             positions, outputs = self._ahead.take()
         self.fed.append(positions)
+        self._kept.append(outputs)
         self.batch += 1
         return outputs
 
