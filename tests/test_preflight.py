@@ -18,11 +18,15 @@ from visionbench.engine.gpus import Gpu, fusion_blocking_gpus
 
 MIB = 2 ** 20
 
+# VmHWM, the peak resident memory of this process's own address space: getrusage's ru_maxrss
+# would also count the resident memory of the process that forked it (Linux carries it across
+# exec), which is pytest's own, gigabytes by the end of the suite.
 PEAK_RSS = """
-import resource, sys
+import re, sys
 from visionbench.main import main
 status = main(sys.argv[1:])
-print("peak-rss-kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+with open("/proc/self/status") as status_file:
+    print("peak-rss-kib", re.search(r"VmHWM:\\s+(\\d+) kB", status_file.read())[1], flush=True)
 sys.exit(status)
 """
 
