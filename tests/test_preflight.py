@@ -53,10 +53,10 @@ def test_the_memory_estimate_follows_the_measured_peak_of_real_runs():
     estimates = {b: memory.estimate_training_memory(resolve(_train_args(b)), 1) for b in (small, large)}
     peaks = {b: _peak_rss(b) for b in (small, large)}
     for batch in (small, large):
-        # The refusal rests on this: the estimate is never more than REFUSE_FACTOR x the real
-        # peak, and not far below it (measured ratio about 1.1 here).
+        # The refusal rests on this: the estimate is never more than 1.5 x the real peak (a run
+        # is refused beyond REFUSE_FACTOR = 2 x the machine), and not far below it (about 1.1 here).
         ratio = estimates[batch].per_worker / peaks[batch]
-        assert 1 / memory.REFUSE_FACTOR <= ratio <= memory.REFUSE_FACTOR, (batch, ratio, peaks, estimates)
+        assert 1 / 1.5 <= ratio <= 1.5, (batch, ratio, peaks, estimates)
     # What the activations add per image, measured against estimated (about 0.93 of it for ResNet18).
     measured = (peaks[large] - peaks[small]) / (large - small)
     estimated = (estimates[large].per_worker - estimates[small].per_worker) / (large - small)

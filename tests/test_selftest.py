@@ -83,7 +83,10 @@ def test_the_self_test_runs_with_the_gpu_settings_real_runs_use(monkeypatch):
 
     settings = mxnet_environment("gpu", False)
     for name in [*settings, "MXNET_USE_FUSION"]:
-        monkeypatch.delenv(name, raising=False)
+        # set, then removed: monkeypatch then removes whatever main() sets (a plain delenv of
+        # an unset name records nothing to undo, and the settings would leak into later tests)
+        monkeypatch.setenv(name, "unset by the test")
+        monkeypatch.delenv(name)
     monkeypatch.setattr(entry, "resolve_devices", lambda config: replace(config, device="gpu",
                                                                          data_backend="dali-gpu"))
     seen = {}
