@@ -323,6 +323,31 @@ def test_each_local_gpu_worker_sees_only_its_own_gpus(tmp_path, monkeypatch, vis
     assert seen == [{"CUDA_VISIBLE_DEVICES": gpus, "DMLC_ROLE": "worker"} for gpus in expected]
 
 
+def test_each_local_gpu_worker_numbers_its_own_gpus_from_0(monkeypatch):
+    # Worker i sees only its own -n GPUs (above), so the first of them is GPU 0 in that worker,
+    # not i x n (worker 1 of 2 x -n 2 would ask for gpu(2), gpu(3) of the 2 it sees). Through
+    # the launcher's environments and the index train.py's main() passes to make_contexts.
+    from visionbench.engine.collective import HorovodGroup, KVStoreGroup
+    from visionbench.engine.launch import LOCAL_WORKER_ENV, worker_environments
+    from visionbench.main import first_gpu_index
+
+    config = Config(device="gpu", num_devices=2, kv_store="dist_sync", local_workers=2)
+    worker_group = KVStoreGroup.__new__(KVStoreGroup)   # its class, without joining a job
+    used = []
+    for env in worker_environments(config, 9000, environ={"CUDA_VISIBLE_DEVICES": "7,6,5,4"}):
+        monkeypatch.setenv(LOCAL_WORKER_ENV, env[LOCAL_WORKER_ENV])
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env["CUDA_VISIBLE_DEVICES"])
+        visible = env["CUDA_VISIBLE_DEVICES"].split(",")
+        first = first_gpu_index(worker_group)
+        assert first + config.num_devices <= len(visible), (env[LOCAL_WORKER_ENV], first, visible)
+        used.append(visible[first:first + config.num_devices])
+    assert used == [["7", "6"], ["5", "4"]]
+    # Horovod starts one process per GPU, each seeing all of them: its local rank picks its GPU.
+    horovod_process = HorovodGroup.__new__(HorovodGroup)
+    horovod_process.local_rank = 3
+    assert first_gpu_index(horovod_process) == 3
+
+
 def test_gpu_workers_that_need_more_gpus_than_visible_are_refused():
     from visionbench.cli import UsageError
     from visionbench.engine.launch import gpu_assignment

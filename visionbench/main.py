@@ -38,6 +38,15 @@ def refuse_what_cannot_fit(config: Config, workers: int) -> None:
         refuse_if_it_cannot_fit(config, workers)
 
 
+def first_gpu_index(group) -> int:
+    """The index, among the GPUs this process sees, of its first GPU: a
+    Horovod process (one GPU each, every GPU of the machine visible) takes
+    its local rank; any other process takes 0: a worker of our launcher sees
+    only its own -n GPUs (CUDA_VISIBLE_DEVICES, engine/launch.py), numbered
+    from 0, whichever of the machine's workers it is."""
+    return getattr(group, "local_rank", 0)
+
+
 def run_io(config: Config) -> int:
     from .bench.io import format_io_report, measure_loader
     from .data.loader import make_loader
@@ -89,10 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .bench.inference import run_inference
         return run_inference(config, make_contexts(config.device, config.num_devices))
     group = make_group(config.kv_store)
-    # The GPUs of this worker: horovod's local rank; a worker of our launcher sees only its own
-    # -n GPUs (CUDA_VISIBLE_DEVICES, engine/launch.py), numbered from 0.
-    first = getattr(group, "local_rank", 0)
-    return train(config, make_contexts(config.device, config.num_devices, first), group)
+    return train(config, make_contexts(config.device, config.num_devices, first_gpu_index(group)), group)
 
 
 def entry() -> None:
