@@ -20,8 +20,8 @@ def _meta(epoch):
     return {"epoch": epoch, "model": "resnet18_v1.5", "classes": 10, "loss_scaler": {}, "epochs": []}
 
 
-def _net_and_trainer(devices):
-    config = Config(device="cpu", num_layers=18, num_classes=10, data_backend="synthetic")
+def _net_and_trainer(devices, optimizer="sgd"):
+    config = Config(device="cpu", num_layers=18, num_classes=10, data_backend="synthetic", optimizer=optimizer)
     precision = resolve_precision("float32", "cpu", None)
     net = build_net(config, devices, precision)
     return net, build_trainer(config, net, precision)
@@ -51,12 +51,16 @@ def _per_device(net):
 THREE = [mx.cpu(0), mx.cpu(1), mx.cpu(2)]
 
 
-@pytest.fixture
-def trained_on_three():
-    net, trainer = _net_and_trainer(THREE)
+def _trained_on_three(optimizer="sgd"):
+    net, trainer = _net_and_trainer(THREE, optimizer)
     for seed in (0, 1):   # the first step of a hybridized net leaves BatchNorm's running statistics as they were
         _step(net, trainer, THREE, seed)
     return net, trainer
+
+
+@pytest.fixture
+def trained_on_three():
+    return _trained_on_three()
 
 
 def test_the_params_file_holds_device_0s_copy_not_the_average(tmp_path, trained_on_three):
@@ -117,15 +121,18 @@ def test_every_devices_batchnorm_statistics_come_back_to_that_device(tmp_path, t
     _assert_same_on_every_device(net, fresh)   # the weights too
 
 
-def test_a_resumed_step_equals_the_uninterrupted_step_on_every_device(tmp_path, trained_on_three):
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_a_resumed_step_equals_the_uninterrupted_step_on_every_device(tmp_path, optimizer):
     """A resume loads what the next step needs, and nothing after it undoes
     that: Gluon's first allreduce (or a resume's loading of the optimizer
     state) copies device 0's value of every parameter to every device when
-    it sets up the kvstore, BatchNorm statistics included."""
-    net, trainer = trained_on_three
+    it sets up the kvstore, BatchNorm statistics included. With LARS the
+    loaded optimizer also knows the parameters' names again (it adapts and
+    decays weights only, by name; an unpickled optimizer has none)."""
+    net, trainer = _trained_on_three(optimizer)
     prefix = tmp_path / "m"
     checkpoint.save_checkpoint(net, trainer, prefix, 1, _meta(1))
-    resumed, resumed_trainer = _net_and_trainer(THREE)
+    resumed, resumed_trainer = _net_and_trainer(THREE, optimizer)
     checkpoint.load_checkpoint(resumed, resumed_trainer, prefix, 1, THREE)
     for model, its_trainer in ((net, trainer), (resumed, resumed_trainer)):
         _step(model, its_trainer, THREE, seed=2)
