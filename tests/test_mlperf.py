@@ -292,3 +292,24 @@ def test_page_cache_is_dropped_for_the_data_files(tmp_path):
     assert drop_from_page_cache([data]) is True
     assert resident_pages() == 0
     assert drop_from_page_cache([tmp_path / "missing.rec"]) is False
+
+
+def test_a_resume_from_a_checkpoint_without_its_seed_is_refused_in_one_line(tmp_path):
+    """A drawn seed continues as the checkpoint's; a checkpoint whose meta has
+    none (written before the meta kept it) cannot say it: exit 2 naming the
+    checkpoint, no traceback, the checkpoint left as it was."""
+    data = write_palette_sets(tmp_path / "palette", 8, 4)
+    job = (*CLOSED, "--data-root", data, "--model-prefix", tmp_path / "m", "--mlperf-log", tmp_path / "mlperf.log")
+    first = run_runner(*job, "-e", "1")
+    assert first.returncode == 0, first.stderr
+    [meta_path] = tmp_path.glob("m-0001*.json")
+    meta = json.loads(meta_path.read_text())
+    del meta["seed"]
+    meta_path.write_text(json.dumps(meta))
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    resumed = run_runner(*job, "-e", "2")
+    assert resumed.returncode == 2, resumed.stderr
+    lines = resumed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in resumed.stderr, resumed.stderr
+    assert f"checkpoint {meta_path.with_suffix('')} does not record the seed its run started with" in lines[0]
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before

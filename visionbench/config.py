@@ -311,18 +311,26 @@ def is_mlperf_closed(config: Config) -> bool:
     return bool(config.mlperf_log) and config.mlperf_division == "closed"
 
 
-def settle_seed(config: Config, broadcast_int: Callable[[int], int],
-                checkpoint_meta: Optional[dict]) -> Tuple[Config, Optional[str]]:
+def settle_seed(config: Config, broadcast_int: Callable[[int], int], checkpoint_meta: Optional[dict],
+                checkpoint_name: str = "the checkpoint") -> Tuple[Config, Optional[str]]:
     """The seed a training run uses, the same on every worker. A given
     --seed stays as it is. A drawn one becomes, when resuming, the seed the
     checkpoint's run started with (a resumed run continues that run), else
     rank 0's draw (``broadcast_int``: rank 0's value of an integer on every
     worker; each worker of a job resolved its own draw). Returns the config
     and a line for rank 0 to print (None for a given seed). Every worker
-    must call this (the broadcast is collective)."""
+    must call this (the broadcast is collective).
+
+    A checkpoint whose meta has no seed (written before the meta kept one)
+    is refused rather than continued under a fresh draw: the resumed epochs
+    would shuffle by another seed than the one its run logged, and the user
+    can give that one (its MLPerf log's 'seed') with --seed."""
     if not config.seed_drawn:
         return config, None
     if checkpoint_meta is not None:
+        if checkpoint_meta.get("seed") is None:
+            raise UsageError(f"checkpoint {checkpoint_name} does not record the seed its run started with: "
+                             "give it with --seed (its MLPerf log's 'seed')")
         seed = int(checkpoint_meta["seed"])
         return replace(config, seed=seed), f"seed {seed}: the seed this run started with (its checkpoint's)"
     seed = broadcast_int(config.seed)

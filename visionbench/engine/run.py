@@ -211,7 +211,7 @@ def _train(config: Config, devices, group, stop: StopRequest) -> int:
         say(f"resuming from {name} (epoch {start_epoch} of {plan.epochs} done"
             f"{f', and {start_iteration} steps of the next' if start_iteration else ''})", flush=True)
     # A drawn seed (MLPerf closed, no --seed): rank 0's on every worker, or the checkpoint's when resuming.
-    config, seed_line = settle_seed(config, group.broadcast_int, meta)
+    config, seed_line = settle_seed(config, group.broadcast_int, meta, str(name) if resuming else "")
     if seed_line:
         say(seed_line, flush=True)
     reached = _target_reached(config, meta["epochs"] if meta else [])
