@@ -194,10 +194,13 @@ def test_killing_one_worker_ends_the_job_and_leaves_no_process(demo, tmp_path):
     assert job.returncode != 0
     message = one_line_error(subprocess.CompletedProcess(command, job.returncode, "", stderr))
     assert "worker" in message and "killed by SIGKILL" in message and "stopped" in message
-    # A SIGKILL nobody in the job sent: most likely the out-of-memory killer, with both figures.
-    assert re.search(r"killed by SIGKILL, which nothing in this job sent: most likely the kernel's out-of-memory "
-                     r"killer: this run needs an estimated [\d.]+ GiB \(2 workers x [\d.]+ GiB: .*batch 8 at 32 px\), "
-                     r"and this machine has [\d.]+ GiB", message), message
+    # A SIGKILL nobody in the job sent, explained by both figures: this small job is far below any
+    # machine's memory, so it came from outside the job (here, this test).
+    found = re.search(r"killed by SIGKILL, which nothing in this job sent: it was killed from outside the job \(the "
+                      r"kernel's out-of-memory killer is still possible if other processes use the memory\): this "
+                      r"run needs an estimated ([\d.]+) GiB \(2 workers x [\d.]+ GiB: .*batch 8 at 32 px\), and this "
+                      r"machine has ([\d.]+) GiB", message)
+    assert found and float(found[1]) < float(found[2]) / 1.5, message
     time.sleep(1)
     assert _processes_in_group(job.pid) == []
 

@@ -74,6 +74,25 @@ def test_the_estimate_counts_devices_workers_and_the_largest_image_size():
     assert bigger.per_worker > one.per_worker and bigger.image_size == 128
 
 
+def test_a_sigkill_is_blamed_on_the_out_of_memory_killer_only_when_the_figures_say_so():
+    config = replace(Config(), device="cpu", num_devices=1, batch_size=8, image_size=32, num_layers=18,
+                     num_classes=10)
+    estimate = memory.estimate_training_memory(config, 2)
+    needs = f"this run needs {estimate.text()}, and this machine has"
+    # The estimate a small share of the machine (as 0.6 of 23 GiB): the kill came from outside the job.
+    far = memory.sigkill_explanation(config, 2, machine=round(estimate.node * 23 / 0.6))
+    assert far.startswith("it was killed from outside the job (the kernel's out-of-memory killer is still possible "
+                          "if other processes use the memory): " + needs), far
+    # At or beyond 1/1.5 of the machine (the real peak may be 1.5 x the estimate): the out-of-memory killer.
+    for machine in (estimate.node, round(estimate.node * 1.4)):
+        close = memory.sigkill_explanation(config, 2, machine=machine)
+        assert close == f"most likely the kernel's out-of-memory killer: {needs} {memory.gib(machine)} GiB", close
+    assert "outside the job" in memory.sigkill_explanation(config, 2, machine=round(estimate.node * 1.6))
+    gpu = memory.sigkill_explanation(replace(config, device="gpu"), 2, machine=24 * 2 ** 30)
+    assert gpu == ("it was killed from outside the job (a user, a batch scheduler, or the kernel's out-of-memory "
+                   "killer: this machine has 24.0 GiB of host memory)")
+
+
 def _limit_address_space():
     # If the refusal ever broke, the job must fail to allocate, not exhaust the machine's memory.
     resource.setrlimit(resource.RLIMIT_AS, (4 * 2 ** 30, 4 * 2 ** 30))

@@ -38,6 +38,10 @@ GIB = 2 ** 30
 BYTES_PER_VALUE = 4                 # float32
 RUNTIME_BYTES = 450 * 2 ** 20       # a worker's Python + MXNet + DALI + oneDNN before its model (measured, above)
 REFUSE_FACTOR = 2.0                 # estimate / machine memory beyond which a run cannot fit (see above)
+# Estimate / machine memory from which a SIGKILL is most likely the out-of-memory killer: the real
+# peak may be up to 1.5 x the estimate (test_preflight's bound), so from 1/1.5 of the machine on the
+# run alone may have filled it.
+LIKELY_OOM_SHARE = 1 / 1.5
 
 
 @dataclass(frozen=True)
@@ -135,11 +139,24 @@ def refuse_if_it_cannot_fit(config: Config, workers: int, machine: Optional[int]
                          "or --local-workers")
 
 
-def sigkill_explanation(config: Config, workers: int) -> str:
-    """Why a worker may have died of a SIGKILL nobody in the job sent."""
-    machine = machine_memory()
+def sigkill_explanation(config: Config, workers: int, machine: Optional[int] = None) -> str:
+    """Why a worker may have died of a SIGKILL nobody in the job sent, by the
+    figures: the out-of-memory killer is named the likely cause only when the
+    run's own estimate comes close to what this machine has."""
+    machine = machine_memory() if machine is None else machine
+    estimate = estimate_training_memory(config, workers) if config.device == "cpu" else None
+    return sigkill_reason(estimate, machine)
+
+
+def sigkill_reason(estimate: Optional[MemoryEstimate], machine: Optional[int]) -> str:
+    """``estimate``: None for GPU runs (host memory is not estimated);
+    ``machine``: bytes, None where unknown."""
     has = f"this machine has {gib(machine)} GiB" if machine else "this machine's memory is unknown"
-    if config.device != "cpu":
-        return f"most likely the kernel's out-of-memory killer ({has} of host memory)"
-    estimate = estimate_training_memory(config, workers)
-    return f"most likely the kernel's out-of-memory killer: this run needs {estimate.text()}, and {has}"
+    if estimate is None:
+        return (f"it was killed from outside the job (a user, a batch scheduler, or the kernel's out-of-memory "
+                f"killer: {has}{' of host memory' if machine else ''})")
+    needs = f"this run needs {estimate.text()}, and {has}"
+    if machine and estimate.node >= LIKELY_OOM_SHARE * machine:
+        return f"most likely the kernel's out-of-memory killer: {needs}"
+    return (f"it was killed from outside the job (the kernel's out-of-memory killer is still possible if other "
+            f"processes use the memory): {needs}")
