@@ -63,15 +63,34 @@ def test_the_memory_estimate_follows_the_measured_peak_of_real_runs():
     assert 0.6 * estimated <= measured <= 1.2 * estimated, (measured / MIB, estimated / MIB)
 
 
-def test_the_estimate_counts_devices_workers_and_the_largest_image_size():
+def test_the_estimate_counts_devices_and_workers():
     base = replace(Config(), device="cpu", num_devices=1, batch_size=32, image_size=64, num_layers=18,
                    num_classes=10)
     one = memory.estimate_training_memory(base, 1)
     two_devices = memory.estimate_training_memory(replace(base, num_devices=2), 1)
     assert two_devices.per_worker > 1.5 * (one.per_worker - memory.RUNTIME_BYTES) + memory.RUNTIME_BYTES
-    assert memory.estimate_training_memory(base, 3).node == 3 * one.per_worker
+    # Workers share nothing: each needs what one does, and the text names both figures.
+    three = memory.estimate_training_memory(base, 3)
+    assert three.per_worker == one.per_worker
+    assert three.text().startswith(f"an estimated {memory.gib(3 * one.per_worker)} GiB (3 workers x "
+                                   f"{memory.gib(one.per_worker)} GiB: "), three.text()
     bigger = memory.estimate_training_memory(replace(base, image_size=128), 1)
     assert bigger.per_worker > one.per_worker and bigger.image_size == 128
+
+
+def test_the_estimate_of_a_phased_run_is_its_heaviest_phase():
+    # The heaviest phase (32 px x batch 64: 65536 pixels a device per step) is neither the one at
+    # the largest size (64 px x 8: 32768) nor the last (32 px x 16); the run's own -b/--image-size
+    # (64 px x 32, heavier than every phase) never train: the first phase starts at epoch 0.
+    base = replace(Config(), device="cpu", num_devices=1, batch_size=32, image_size=64, num_layers=18,
+                   num_classes=10)
+    phases = ("[{'ep': 0, 'sz': 64, 'bs': 8}, {'ep': 1, 'sz': 32, 'bs': 64}, {'ep': 2, 'sz': 32, 'bs': 16}, "
+              "{'ep': (0, 3), 'lr': 0.1}]")
+    phased = memory.estimate_training_memory(replace(base, phases=phases), 1)
+    assert (phased.image_size, phased.batch_size) == (32, 64), phased
+    alone = {(size, batch): memory.estimate_training_memory(replace(base, image_size=size, batch_size=batch), 1)
+             for size, batch in ((64, 8), (32, 64), (32, 16))}
+    assert phased.per_worker == alone[32, 64].per_worker > max(alone[64, 8].per_worker, alone[32, 16].per_worker)
 
 
 def test_a_sigkill_is_blamed_on_the_out_of_memory_killer_only_when_the_figures_say_so():
