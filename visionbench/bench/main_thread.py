@@ -116,6 +116,22 @@ def format_comparison(cpus: Dict[str, List[float]], walls: Dict[str, List[float]
             f"wall: **{median_ratio(walls, 'read-ahead', 'inline'):.3f}**")
 
 
+def count_records(prefix: Path) -> int:
+    """Records of the set at ``prefix`` (BadRecordSet, a UsageError, if it is missing or damaged)."""
+    from ..data.recordio import RecordReader
+
+    return len(RecordReader(prefix))
+
+
+def refuse_steps_beyond_an_epoch(records: int, devices: int, batch_size: int, steps: int, where: str) -> None:
+    """UsageError unless ``steps`` (warm-up + timed) fit in one epoch of
+    ``records`` cut into ``devices`` x ``batch_size`` steps (no partial step)."""
+    per_epoch = records // (batch_size * devices)
+    if steps > per_epoch:
+        raise UsageError(f"--warmup + --steps ({steps}) must fit in one epoch{where} ({records} records: "
+                         f"{per_epoch} steps of {devices} x {batch_size})")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = ArgumentParser(prog="python -m visionbench.bench.main_thread", description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,11 +149,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeats", type=positive_int, default=5, help="runs of each mode, in rotation")
     parser.add_argument("--data", type=Path, help="reuse DIR/train.rec instead of drawing a new set in a temp folder")
     args = parser.parse_args(argv)
-    per_epoch = args.images * args.packed // (args.batch_size * args.devices)
-    if args.data is None and args.warmup + args.steps > per_epoch:
-        raise UsageError(f"--warmup + --steps ({args.warmup + args.steps}) must fit in one epoch "
-                         f"({per_epoch} steps of {args.devices} x {args.batch_size})")
-    setup = (f"dali-cpu train, {args.images} drawn images x {args.packed} records each, "
+    images = args.images if args.data is None else count_records(args.data / "train")
+    refuse_steps_beyond_an_epoch(images * args.packed, args.devices, args.batch_size, args.warmup + args.steps,
+                                 "" if args.data is None else f" of {args.data / 'train'}")
+    images_text = f"{args.images} drawn images" if args.data is None else f"{images} images of {args.data / 'train'}"
+    setup = (f"dali-cpu train, {images_text} x {args.packed} records each, "
              f"{args.devices} CPU contexts x batch {args.batch_size}, crop {args.image_size} px, "
              f"{args.threads} decoding thread(s) per pipeline, simulated device step {args.device_ms:g} ms, "
              f"{args.steps} timed steps after {args.warmup}, {args.repeats} runs of each in rotation")
