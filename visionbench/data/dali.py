@@ -39,8 +39,10 @@ _DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
 _DALI_LAYOUTS = {"NCHW": "CHW", "NHWC": "HWC"}
 PREFETCH_DEPTH = 2   # batches DALI prepares ahead of the training step
 # Batches a device's reader thread reads ahead of DALI's requests: one more
-# than DALI's prefetch, so the first batches of an epoch are ready too. At
-# -b 208 of ~110 KB ImageNet JPEGs that is ~70 MB of host memory per device.
+# than DALI's prefetch, so the first batches of an epoch are ready too. With
+# the PREFETCH_DEPTH + 2 batches a feed keeps after handing them to DALI
+# (_EpochFeed._kept), a device holds up to 3 + 4 = 7 batches of encoded JPEGs
+# in host memory: at -b 208 of ~110 KB ImageNet JPEGs (~23 MB a batch), ~160 MB.
 READ_AHEAD = PREFETCH_DEPTH + 1
 
 
