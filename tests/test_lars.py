@@ -201,16 +201,37 @@ def test_device_rates_fill_runs_and_copy_the_rest():
         np.testing.assert_array_equal(rates.asnumpy(), np.array(values, dtype=np.float32))
 
 
-def test_a_lars_step_costs_about_an_sgd_step():
-    """ResNet18 v1.5 at 32 px, batch 32, CPU: LARS and SGD training steps in
-    rotation in this process (visionbench.bench.optimizer_step), ratio of the
-    medians. docs/PERFORMANCE.md holds LARS to 1.2 x SGD with longer runs; on
-    a shared 2-core machine short runs of the fused LARS measured 1.05 to 1.32,
-    so this check allows 1.6 (the per-array LARS measured 2.2 to 2.8)."""
-    from visionbench.bench.optimizer_step import compare, lars_step_ratio, step_config
+# At most 2 x SGD, for ResNet18 v1.5 at 32 px, batch 8: a small batch leaves the
+# update a large part of the step, so a slower LARS shows. Measured by this
+# test on a shared 2-core AMD EPYC (AVX-512 VNNI): the fused LARS 1.08 to 1.50
+# (15 measurements), the per-array LARS of commit a564572^ 3.4 to 3.9 (6);
+# at batch 32 they were 1.02 to 1.36 and 1.77 to 2.57, too close together.
+LARS_STEP_BOUND = 2.0
+# Measurements before the test fails: a slow spell of a shared machine passes
+# on a later one, a LARS that really costs more fails all of them.
+STEP_MEASUREMENTS = 3
 
-    results = compare(step_config(18, 32, 32, 1), steps=3, repeats=7, what=("step",))
-    assert lars_step_ratio(results) <= 1.6, results
+
+def test_a_lars_step_costs_about_an_sgd_step():
+    """LARS and SGD training steps (visionbench.bench.optimizer_step), runs
+    of 3 steps, 7 of each in rotation, ratio of the medians; the same two
+    models are measured again when a ratio is over the bound."""
+    from visionbench.bench.compare import in_rotation
+    from visionbench.bench.optimizer_step import OPTIMIZERS, lars_step_ratio, step_config, step_timers
+
+    config = step_config(18, 32, 8, 1)
+    steps = {optimizer: step_timers(config, optimizer)["step"] for optimizer in OPTIMIZERS}
+    for run in steps.values():
+        run(2)   # untimed: allocates the static graphs and the optimizer states
+    candidates = {f"{optimizer} step": (lambda run=run: run(3)) for optimizer, run in steps.items()}
+    measured = []
+    for _ in range(STEP_MEASUREMENTS):
+        results = in_rotation(candidates, repeats=7)
+        measured.append((round(lars_step_ratio(results), 3), results))
+        if measured[-1][0] <= LARS_STEP_BOUND:
+            return
+    pytest.fail(f"LARS step / SGD step over {LARS_STEP_BOUND} in each of {STEP_MEASUREMENTS} measurements "
+                f"(ratio, ms per step): {measured}")
 
 
 def test_float16_lars_steps_on_float32_master_weights_equal_the_hand_computation():
