@@ -79,10 +79,12 @@ class _GpuBatch:
 
 class _GpuPipeline:
     """A built dali-gpu pipeline as _device_batches drives it: images and
-    labels left on the GPU, one batch per scheduled run."""
+    labels left on GPU ``device_id`` (Pipeline.device_id), one batch per
+    scheduled run."""
 
-    def __init__(self, batches, copies):
+    def __init__(self, batches, copies, device_id: int):
         self.batches, self.copies, self.scheduled, self.shared = batches, copies, 0, 0
+        self.device_id = device_id
 
     def build(self):
         pass
@@ -99,24 +101,75 @@ class _GpuPipeline:
         pass
 
 
-def test_dali_gpu_outputs_are_copied_into_mxnet_blocking():
+class _ReportedOnGpu(mx.nd.NDArray):
+    """Host memory on cpu(k) whose context reads gpu(k): what an NDArray that
+    _to_ndarray allocates on GPU k looks like to _copy_to_ndarray."""
+    __slots__ = ()
+
+    @property
+    def context(self):
+        return mx.gpu(mx.nd.NDArray.context.fget(self).device_id)
+
+
+@pytest.fixture
+def gpu_allocation(monkeypatch):
+    """mx.nd.empty(ctx=gpu(k)) allocates on cpu(k) an NDArray reported on gpu(k)."""
+    empty = mx.nd.empty
+
+    def on_gpu(shape, ctx=None, dtype=None, **kwargs):
+        if ctx is None or ctx.device_type != "gpu":
+            return empty(shape, ctx=ctx, dtype=dtype, **kwargs)
+        array = empty(shape, ctx=mx.cpu(ctx.device_id), dtype=dtype, **kwargs)
+        array.__class__ = _ReportedOnGpu
+        return array
+
+    monkeypatch.setattr(mx.nd, "empty", on_gpu)
+
+
+def test_dali_gpu_outputs_are_copied_into_mxnet_blocking(gpu_allocation):
     # DALI 1.34's MXNet plugin copies GPU outputs with non_blocking=True and
     # no stream: MXNet's next kernel could read a batch still being copied.
     # The path dali-gpu takes (_device_batches, the loop _run_pipelines
-    # drives) must ask for a blocking copy of images and labels alike.
+    # drives) must ask for a blocking copy of images and labels alike, into
+    # NDArrays on the pipeline's GPU.
     from visionbench.data import dali
 
     rng = np.random.default_rng(0)
     batches = [(rng.standard_normal((2, 3, 4, 4)).astype(np.float16), np.array([[3.0], [7.0]], np.float32))
                for _ in range(3)]
     copies = []
-    pipe = _GpuPipeline(batches, copies)
-    got = list(dali._device_batches([pipe], [mx.cpu(0)], steps=3))
+    pipe = _GpuPipeline(batches, copies, device_id=1)
+    got = list(dali._device_batches([pipe], [mx.gpu(1)], steps=3))
     assert len(copies) == 6 and all(c == {"cuda_stream": None, "non_blocking": False} for c in copies), copies
     for (images, labels), [(data, label)] in zip(batches, got):
+        assert data.context == label.context == mx.gpu(1)
         assert data.dtype == np.float16 and np.array_equal(data.asnumpy(), images)
         assert label.shape == (2,) and np.array_equal(label.asnumpy(), labels[:, 0])
     assert pipe.scheduled == 3   # DALI never asked to run past the epoch's last batch
+
+
+def test_a_dali_batch_is_copied_only_into_memory_of_its_kind(gpu_allocation):
+    # DALI writes a GPU batch to the pointer as device memory and a host
+    # batch as host memory: either into the other kind's NDArray would write
+    # through an address of the wrong kind. A clear error, before any copy.
+    from nvidia.dali import tensors
+
+    from visionbench.data import dali
+
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    copies = []
+    host_array = mx.nd.zeros((2, 3), ctx=mx.cpu(0))
+    with pytest.raises(ValueError, match=r"^a DALI batch in GPU memory cannot be copied into an NDArray on cpu\(0\)$"):
+        dali._copy_to_ndarray(_GpuBatch(values, copies), host_array)
+    assert copies == [] and not host_array.asnumpy().any()
+    gpu_array = mx.nd.empty((2, 3), ctx=mx.gpu(0))
+    gpu_array[:] = 0
+    with pytest.raises(ValueError, match=r"^a DALI batch in host memory cannot be copied into an NDArray on gpu\(0\)$"):
+        dali._copy_to_ndarray(tensors.TensorListCPU(values), gpu_array)
+    assert not gpu_array.asnumpy().any()
+    dali._copy_to_ndarray(tensors.TensorListCPU(values), host_array)   # each into its own kind: copied
+    dali._copy_to_ndarray(_GpuBatch(values + 1, copies), gpu_array)
+    assert np.array_equal(host_array.asnumpy(), values) and np.array_equal(gpu_array.asnumpy(), values + 1)
 
 
 # --- dali: who reads the records ---------------------------------------------

@@ -391,8 +391,13 @@ def _copy_to_ndarray(batch, array) -> None:
     import mxnet as mx
 
     on_host = isinstance(batch, tensors.TensorListCPU)
+    # DALI copies a host batch to the pointer as host memory, and a GPU batch
+    # as device memory (CopyToExternal with memory_kind host / device): the
+    # NDArray's memory must be of that kind.
     if on_host and array.context.device_type != "cpu":
         raise ValueError(f"a DALI batch in host memory cannot be copied into an NDArray on {array.context}")
+    if not on_host and array.context.device_type != "gpu":
+        raise ValueError(f"a DALI batch in GPU memory cannot be copied into an NDArray on {array.context}")
     # MXNet may still be reading or writing the array: wait, as DALI's plugin does.
     mx.base.check_call(mx.base._LIB.MXNDArrayWaitToWrite(array.handle))
     pointer = ctypes.c_void_p()
