@@ -5,7 +5,6 @@ import io
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +13,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT, one_line_error, run_runner
+from conftest import ROOT, one_line_error, run_runner, runner_env
 from visionbench.config import Config
 from visionbench.engine.plan import make_plan
 from visionbench.engine.precision import LossScaler, Precision, resolve_precision
@@ -174,7 +173,7 @@ def test_kill_and_resume_equals_uninterrupted(tiny_demo, tmp_path):
     args = ["bash", str(ROOT / "runner"), *map(str, _train_args(tiny_demo, killed, "-e", "3",
                                                                 "--report", tmp_path / "killed.json"))]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+                               env=runner_env())   # as run_runner: both runs in one environment
     deadline = time.monotonic() + 240
     while not Path(f"{killed}-0001.json").exists():
         assert process.poll() is None and time.monotonic() < deadline, "no first checkpoint"
