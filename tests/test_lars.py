@@ -34,17 +34,24 @@ def hand_step(weights, grads, velocity):
         weights[name] = w - velocity[name]
 
 
+def hand_checked_start(net, precision):
+    """A LARS trainer over ``net`` as training builds it, its trained
+    parameters by name, their starting weights in float64 and zero velocities:
+    where the hand computations start."""
+    config = replace(Config(), optimizer="lars", momentum=MOMENTUM, wd=WD, lars_eta=ETA, lars_epsilon=EPS,
+                     device="cpu", kv_store="device")
+    trainer = build_trainer(config, net, precision)
+    trainer.set_learning_rate(LR)
+    params = {p.name: p for p in net.collect_params().values() if p.grad_req != "null"}
+    weights = {name: p.data().asnumpy().astype(np.float64) for name, p in params.items()}
+    return trainer, params, weights, {name: np.zeros_like(w) for name, w in weights.items()}
+
+
 @pytest.mark.parametrize("devices", [1, 2])
 def test_three_lars_steps_equal_the_hand_computation(devices):
     contexts = [mx.cpu(i) for i in range(devices)]
     net = small_net(contexts)
-    config = replace(Config(), optimizer="lars", momentum=MOMENTUM, wd=WD, lars_eta=ETA, lars_epsilon=EPS,
-                     device="cpu", kv_store="device")
-    trainer = build_trainer(config, net, resolve_precision("float32", "cpu", None))
-    trainer.set_learning_rate(LR)
-    params = {p.name: p for p in net.collect_params().values() if p.grad_req != "null"}
-    weights = {name: p.data().asnumpy().astype(np.float64) for name, p in params.items()}
-    velocity = {name: np.zeros_like(w) for name, w in weights.items()}
+    trainer, params, weights, velocity = hand_checked_start(net, resolve_precision("float32", "cpu", None))
     rng = np.random.RandomState(0)
     for step in range(3):
         x = rng.uniform(-1, 1, (6, 4)).astype(np.float32)
@@ -242,13 +249,7 @@ def test_float16_lars_steps_on_float32_master_weights_equal_the_hand_computation
 
     net = small_net([mx.cpu()])
     net.cast("float16")   # BatchNorm keeps float32 parameters
-    config = replace(Config(), optimizer="lars", momentum=MOMENTUM, wd=WD, lars_eta=ETA, lars_epsilon=EPS,
-                     device="cpu", kv_store="device")
-    trainer = build_trainer(config, net, FLOAT16)
-    trainer.set_learning_rate(LR)
-    params = {p.name: p for p in net.collect_params().values() if p.grad_req != "null"}
-    weights = {name: p.data().asnumpy().astype(np.float64) for name, p in params.items()}
-    velocity = {name: np.zeros_like(w) for name, w in weights.items()}
+    trainer, params, weights, velocity = hand_checked_start(net, FLOAT16)
     rng = np.random.RandomState(0)
     for step in range(3):
         grads = {}
