@@ -84,8 +84,9 @@ def test_two_workers_take_the_same_steps_as_one_worker_with_two_devices(runs):
     a, b = _params(root / "single" / "m", 3), _params(root / "dist" / "m", 3)
     assert a.keys() == b.keys()
     # Learned weights agree. BatchNorm running statistics ("aux:") are not
-    # compared: a one-worker checkpoint averages them over its devices
-    # (Gluon's save), a 2-worker one holds rank 0's device's.
+    # compared here: each checkpoint's .params holds one device's (device 0 of
+    # the one worker, device 0 of rank 0); tests/test_multi_device_checkpoint.py
+    # checks what is saved of every device's.
     learned = [name for name in a if name.startswith("arg:")]
     assert len(learned) > 40
     for name in learned:
