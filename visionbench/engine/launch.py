@@ -10,8 +10,8 @@ The launcher supervises its processes: when every worker has finished it
 lets the servers and the scheduler end (or ends them); when any process
 fails, it stops all the others at once and exits with the failing worker's
 status and its last error line (a SIGKILL that nothing in the job sent is
-explained: most likely the out-of-memory killer, with the run's memory
-estimate against the machine's). On GPUs, each worker sees only its own
+explained with the run's memory estimate against the machine's: the
+out-of-memory killer when those figures make it likely, memory.sigkill_reason). On GPUs, each worker sees only its own
 ``-n`` GPUs through CUDA_VISIBLE_DEVICES. Children are started with PR_SET_PDEATHSIG
 (Linux), so even a SIGKILLed launcher leaves nothing behind.
 """
