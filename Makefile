@@ -54,14 +54,7 @@ $(GPU_STAMP): pyproject.toml
 test-gpu: $(GPU_STAMP)
 	$(GPU_VENV)/bin/python -m pytest -m gpu
 
-# `make bench` also needs the bench extra (PyTorch, for path 3's comparison).
-BENCH_STAMP := $(VENV)/.installed-bench
-
-$(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[cpu,test,bench]"
-	touch $(BENCH_STAMP)
-
-bench: $(BENCH_STAMP)
+bench: $(STAMP)
 	mkdir -p $(BENCH_DIR)
 	$(PY) -m visionbench.bench.overhead --num-layers 18 --image-size 32 -b 32 --num-classes 10 --steps 10 --repeats 7 > $(BENCH_DIR)/1-training-overhead-resnet18.md && cat $(BENCH_DIR)/1-training-overhead-resnet18.md
 	$(PY) -m visionbench.bench.overhead --steps 6 --repeats 5 > $(BENCH_DIR)/1-training-overhead-resnet50.md && cat $(BENCH_DIR)/1-training-overhead-resnet50.md

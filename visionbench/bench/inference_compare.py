@@ -76,7 +76,7 @@ def torch_candidates(config, batch_size: int, steps: int, warmup: int) -> Dict[s
     try:
         import torch
     except ImportError:
-        raise UsageError("--pytorch: PyTorch is not installed here; `make bench` installs the bench extra "
+        raise UsageError("--pytorch: PyTorch is not installed here; `make install` installs it "
                          "(or: .venv/bin/python -m pip install -e '.[cpu,test,bench]')")
     from .torch_resnet import resnet50_v15
 
@@ -133,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--calib-images", type=positive_int, default=32, help="--int8: random images to calibrate on")
     parser.add_argument("--calib-mode", default="naive", choices=("naive", "entropy"))
     parser.add_argument("--pytorch", action="store_true",
-                        help="add PyTorch float32 and bfloat16 (ResNet50 v1.5; the optional bench extra)")
+                        help="add PyTorch float32 and bfloat16 (ResNet50 v1.5)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="threads of both frameworks (default: OMP_NUM_THREADS, else the cores)")
     args = parser.parse_args(argv)
