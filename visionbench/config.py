@@ -20,6 +20,7 @@ MODES = ("train", "val", "train_val", "io", "inference")
 DEVICES = ("gpu", "cpu")
 KV_STORES = ("device", "local", "nccl", "dist_sync", "dist_device_sync", "horovod")
 DIST_KV_STORES = ("dist_sync", "dist_device_sync")
+ENGINES = ("mxnet", "torch")
 
 
 def option(default, *flags: str, help: str, choices: Optional[Sequence] = None, metavar: str = None):
@@ -42,6 +43,10 @@ class Config:
     mode: str = option("train_val", "--mode", choices=MODES,
                        help="train_val, train, val, io (only the input pipeline, to measure it), or inference "
                             "(forward passes only, to measure img/s and latency per batch)")
+    engine: str = option("mxnet", "--engine", choices=ENGINES,
+                         help="framework that trains: mxnet (Gluon; the reference) or torch (PyTorch: the GPUs "
+                              "MXNet cannot run, Hopper and newer, and bfloat16 on CPUs); same data, recipes, "
+                              "checkpoint rules and reports")
     # --- devices
     num_devices: int = option(1, "-n", "--num-devices", "--ngpus", metavar="N",
                               help="devices on this machine (GPUs 0..N-1, or N CPU contexts)")
@@ -57,9 +62,11 @@ class Config:
                                               "(None: dali-gpu on GPUs, dali-cpu on CPUs)")
     batch_size: int = option(192, "-b", "--batch-size", metavar="B", help="images per device per step")
     image_size: int = option(224, "--image-size", metavar="S", help="network input side, pixels")
-    dtype: str = option("float32", "--dtype", choices=("float32", "float16", "int8"),
-                        help="precision: float32, float16 (GPUs), or int8 (--mode val and inference on CPUs: "
-                             "the float32 model quantized by MXNet's oneDNN quantization after calibration)")
+    dtype: str = option("float32", "--dtype", choices=("float32", "float16", "bfloat16", "int8"),
+                        help="precision: float32, float16 (GPUs), bfloat16 (--engine torch: autocast, on GPUs "
+                             "and CPUs), or int8 (--mode val and inference on CPUs: the float32 model quantized "
+                             "by MXNet's oneDNN quantization after calibration)")
+    compile: bool = option(False, "--compile", help="--engine torch: compile the model with torch.compile")
     calib_images: int = option(200, "--calib-images", metavar="N",
                                help="--dtype int8: images the float32 model runs on to set the INT8 ranges "
                                     "(read from the val set; synthetic batches with --data-backend synthetic)")
@@ -401,10 +408,39 @@ def check(config: Config) -> None:
         target = getattr(config, name)
         if target is not None and not 0 < target <= 1:
             raise UsageError(f"{name.replace('_', '-')} is a fraction of the val images: in (0, 1], got {target}")
+    check_engine(config)
     check_mlperf(config)
     check_distributed(config)
     if config.data_root and not Path(config.data_root).is_dir():
         raise UsageError(f"--data-root {config.data_root} is not a folder")
+
+
+# What the torch engine does not run (yet), each with the reason; everything
+# else means the same on both engines.
+_TORCH_REFUSALS = (
+    (lambda c: c.data_backend == "mxnet", "--data-backend mxnet is MXNet's ImageRecordIter: use dali-cpu, "
+                                          "dali-gpu or synthetic"),
+    (lambda c: c.dtype == "int8", "--dtype int8 is MXNet's oneDNN quantization: use --engine mxnet"),
+    (lambda c: c.kv_store in DIST_KV_STORES or c.kv_store == "horovod",
+     f"--kv-store {{kv}} is MXNet's; the torch engine runs one process per machine for now"),
+    (lambda c: c.num_devices > 1, "-n {n}: the torch engine trains on one device per process for now (-n 1)"),
+    (lambda c: c.self_test, "--self-test checks MXNet's GPU path: use it with --engine mxnet"),
+    (lambda c: c.mode == "inference", "--mode inference measures MXNet graphs: use --engine mxnet"),
+)
+
+
+def check_engine(config: Config) -> None:
+    """Flags one engine does not take: exit 2 with the reason."""
+    if config.engine == "mxnet":
+        if config.dtype == "bfloat16":
+            raise UsageError("--dtype bfloat16 runs on --engine torch (MXNet's bfloat16 AMP was slower than "
+                             "float32 on CPUs: not offered)")
+        if config.compile:
+            raise UsageError("--compile is torch.compile: use it with --engine torch")
+        return
+    for refused, reason in _TORCH_REFUSALS:
+        if refused(config):
+            raise UsageError("--engine torch: " + reason.format(kv=config.kv_store, n=config.num_devices))
 
 
 def check_distributed(config: Config) -> None:
@@ -549,8 +585,9 @@ def refuse_int8_device(device: str) -> None:
 
 def input_dtype(config: Config) -> str:
     """The dtype of the batches the pipeline emits: float16 for float16
-    models; float32 otherwise (an INT8 model quantizes its float32 input itself)."""
-    return "float16" if config.dtype == "float16" else "float32"
+    models of the MXNet engine; float32 otherwise (an INT8 model quantizes
+    its float32 input itself; torch's autocast casts inside the model)."""
+    return "float16" if config.dtype == "float16" and config.engine == "mxnet" else "float32"
 
 
 def lr_steps(config: Config) -> tuple:

@@ -3,13 +3,13 @@ and device count, metrics accumulated on the devices and read once per epoch.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Dict
 
 from ..config import Config, model_name
 from ..phases import DataSettings
+from .epoch import EpochProgress, capped_steps, result_steps, run_epoch  # noqa: F401 - the run loop's names
 from .plan import TrainingPlan, data_folder
 from .precision import LossScaler, Precision, all_finite
 
@@ -134,22 +134,6 @@ def _targets(label, classes: int, smoothing: float):
     return mx.nd.one_hot(label, classes) * (1 - smoothing) + smoothing / classes
 
 
-@dataclass
-class EpochProgress:
-    """How far an epoch got: where to resume it, and its sums so far (this
-    worker's), so that a resumed epoch reports the same figures as an
-    uninterrupted one."""
-    iteration: int = 0        # steps of the epoch done
-    loss_sum: float = 0.0
-    images: int = 0
-    seconds: float = 0.0
-    skipped_records: int = 0  # left out as undecodable (--bad-records skip)
-
-    def to_dict(self) -> dict:
-        return {"iteration": self.iteration, "loss_sum": self.loss_sum, "images": self.images,
-                "seconds": self.seconds, "skipped_records": self.skipped_records}
-
-
 def _check_finite(step_sums, epoch: int, iteration: int) -> None:
     """Raise RunFailure if the loss of step ``iteration`` was NaN or Inf:
     ``step_sums`` are its per-device loss sums, which are finite exactly when
@@ -164,130 +148,91 @@ def _check_finite(step_sums, epoch: int, iteration: int) -> None:
                          "the checkpoints written so far are kept")
 
 
-def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgress = None, stop=None) -> dict:
-    """Train ``epoch`` from ``start.iteration`` on. ``stop.requested`` (set
-    by a signal handler) ends the epoch after the current step; the result
-    then has ``complete`` False and the ``progress`` to resume from.
+class MxnetStepper:
+    """The MXNet engine's training step (engine/epoch.py's Stepper): one
+    step function for every precision and device count, loss sums kept on
+    the devices. Non-finite float32 losses are caught one step late (the
+    flag of step i is read while step i + 1 runs), so the host does not wait
+    for every step; float16's dynamic loss scaling reads one overflow flag
+    per step."""
 
-    Non-finite losses are caught one step late (the flag of step i is read
-    while step i + 1 runs), so the host does not wait for every step."""
-    import mxnet as mx
-    from mxnet import autograd
+    def __init__(self, run: Run):
+        self.run = run
+        self.loss_fn = make_loss(run.config.label_smoothing)
+        self.update_batch = 1
+        self.loss_sums = []
+        self.pending = None   # (loss sums per device, epoch, iteration) of the previous step
+        # After allreduce every device holds the same reduced gradients: the
+        # overflow check reads the first device's (the same arrays every step,
+        # listed after the first backward: a model may initialise deferred).
+        self.first_device_grads = None
 
-    config, net, trainer, scaler = run.config, run.net, run.trainer, run.scaler
-    start = start or EpochProgress()
-    loss_fn = make_loss(config.label_smoothing)
-    global_batch = loader.spec.batch_size * len(run.devices) * run.num_workers
-    # Gradients arrive summed over every device of every worker; Horovod's
-    # DistributedTrainer already divides by the number of processes.
-    update_batch = global_batch // run.num_workers if config.kv_store == "horovod" else global_batch
-    steps = result_steps(config, loader)
-    loss_sums = [mx.nd.zeros(1, ctx=c) for c in run.devices]
-    images = start.images
-    skipped_before = scaler.skipped_steps
-    left_out_before = loader.skipped_records
-    lr = 0.0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=steps, initial=start.iteration, desc=f"epoch {epoch}", unit="step", file=sys.stderr,
-                   disable=None, leave=False)
-    pending = None   # (loss sums per device, iteration) of the previous step
-    # After allreduce every device holds the same reduced gradients: the
-    # overflow check reads the first device's (the same arrays every step,
-    # listed after the first backward: a model may initialise deferred).
-    first_device_grads = None
-    # --sample-log: the labels each device received, step by step (a host
-    # read per step, only then).
-    received = [] if config.sample_log else None
-    shown = (0.0, images, time.perf_counter())   # --disp-batches: loss sum, images, clock at the last line
-    iteration = start.iteration
-    started = time.perf_counter()
-    for iteration, step in zip(range(start.iteration, steps), loader.epoch(epoch, start.iteration)):
-        lr, momentum = run.plan.schedule.at(epoch, iteration, steps)
+    @property
+    def skipped_steps(self) -> int:
+        return self.run.scaler.skipped_steps
+
+    def begin(self, update_batch: int) -> None:
+        import mxnet as mx
+
+        self.update_batch = update_batch
+        self.loss_sums = [mx.nd.zeros(1, ctx=c) for c in self.run.devices]
+        self.pending = None
+
+    def _losses(self, batches) -> list:
+        config, net = self.run.config, self.run.net
+        losses = []
+        for data, label, pad in batches:
+            loss = device_loss(net, self.loss_fn, data, _targets(label, config.num_classes, config.label_smoothing))
+            if pad:
+                loss = loss * _pad_mask(data.shape[0], pad, data.context)
+            losses.append(loss)
+        return losses
+
+    def step(self, batches, lr: float, momentum: float, epoch: int, iteration: int) -> None:
+        from mxnet import autograd
+
+        trainer, scaler = self.run.trainer, self.run.scaler
         trainer.set_learning_rate(lr)
         trainer._optimizer.momentum = momentum
         with autograd.record():
-            losses = []
-            for data, label, pad in step:
-                loss = device_loss(net, loss_fn, data, _targets(label, config.num_classes, config.label_smoothing))
-                if pad:
-                    loss = loss * _pad_mask(data.shape[0], pad, data.context)
-                losses.append(loss)
+            losses = self._losses(batches)
             scaled = [loss * scaler.scale for loss in losses] if scaler.scale != 1 else losses
         autograd.backward(scaled)
         step_sums = [loss.sum() for loss in losses]
         if not scaler.dynamic:
-            if pending is not None:
-                _check_finite(pending[0], epoch, pending[1])
-            pending = (step_sums, iteration)
+            if self.pending is not None:
+                _check_finite(*self.pending)
+            self.pending = (step_sums, epoch, iteration)
         trainer.allreduce_grads()
         finite = True
         if scaler.dynamic:
-            if first_device_grads is None:
-                first_device_grads = [p.list_grad()[0] for p in net.collect_params().values()
-                                      if p.grad_req != "null"]
-            finite = bool(all_finite(first_device_grads).asscalar())   # the step's one host read
+            if self.first_device_grads is None:
+                self.first_device_grads = [p.list_grad()[0] for p in self.run.net.collect_params().values()
+                                           if p.grad_req != "null"]
+            finite = bool(all_finite(self.first_device_grads).asscalar())   # the step's one host read
         used_scale = scaler.scale   # the scale this step's backward ran with; update() may change it
         if scaler.update(finite):
-            trainer.update(update_batch * used_scale)   # unscales the gradients exactly once
-        for total, step_sum in zip(loss_sums, step_sums):
+            trainer.update(self.update_batch * used_scale)   # unscales the gradients exactly once
+        for total, step_sum in zip(self.loss_sums, step_sums):
             total += step_sum
-        images += sum(data.shape[0] - pad for data, _, pad in step)
-        if received is not None:
-            received.append([label.asnumpy()[:label.shape[0] - pad].astype(int).tolist() for _, label, pad in step])
-        if bar is not None:
-            bar.update(1)
-        if progress and config.disp_batches and (iteration + 1) % config.disp_batches == 0:
-            shown = _show_progress(epoch, run.plan.epochs, iteration, steps, lr, loss_sums, images, shown)
-        if stop is not None and stop.requested:
-            iteration += 1
-            break
-    else:
-        iteration = steps
-    if pending is not None:
-        _check_finite(pending[0], epoch, pending[1])
-    loss_sum = start.loss_sum + sum(float(s.asscalar()) for s in loss_sums)   # one sync per epoch
-    mx.nd.waitall()   # the last update too: the epoch's time covers all of its work
-    seconds = start.seconds + time.perf_counter() - started
-    if bar is not None:
-        bar.close()
-    left_out = start.skipped_records + loader.skipped_records - left_out_before
-    progress_made = EpochProgress(iteration, loss_sum, images, seconds, left_out)
-    fed = {"first_step": start.iteration, "labels_by_step": received} if received is not None else None
-    if iteration < steps:
-        return {"complete": False, "progress": progress_made, "lr": lr, "fed": fed}
-    total_loss, total_images = loss_sum, images
-    if run.group is not None:   # every worker's images and loss; the time is this worker's
-        total_loss, total_images, left_out = run.group.sum([loss_sum, images, left_out])
-        total_images, left_out = int(round(total_images)), int(round(left_out))
-    return {"complete": True, "train_loss": total_loss / max(total_images, 1),
-            "train_ips": total_images / seconds, "epoch_train_s": seconds, "lr": lr,
-            "skipped_steps": scaler.skipped_steps - skipped_before, "images": total_images, "iterations": steps,
-            "skipped_records": left_out, "fed": fed}
+
+    def loss_so_far(self) -> float:
+        return sum(float(s.asscalar()) for s in self.loss_sums)
+
+    def finish(self) -> float:
+        import mxnet as mx
+
+        if self.pending is not None:
+            _check_finite(*self.pending)
+            self.pending = None
+        loss_sum = self.loss_so_far()   # one sync per epoch
+        mx.nd.waitall()   # the last update too: the epoch's time covers all of its work
+        return loss_sum
 
 
-def _show_progress(epoch: int, epochs: int, iteration: int, steps: int, lr: float, loss_sums, images: int,
-                   shown: tuple) -> tuple:
-    """--disp-batches: one line on this worker's steps since the last line
-    (a host read of the loss sums: only when asked for)."""
-    loss_sum = sum(float(s.asscalar()) for s in loss_sums)
-    last_loss, last_images, last_clock = shown
-    now = time.perf_counter()
-    new_images = max(images - last_images, 1)
-    print(f"epoch {epoch + 1}/{epochs} batch {iteration + 1}/{steps}: loss {(loss_sum - last_loss) / new_images:.4f}, "
-          f"lr {lr:.5g}, {new_images / max(now - last_clock, 1e-9):.1f} img/s", flush=True)
-    return loss_sum, images, now
-
-
-def capped_steps(config: Config, steps: int) -> int:
-    """Steps of a training epoch of ``steps`` batches: at most -i."""
-    return min(steps, config.iterations) if config.iterations else steps
-
-
-def result_steps(config: Config, loader) -> int:
-    """Steps of a training epoch over ``loader``: what the plan counts too."""
-    return capped_steps(config, len(loader))
+def train_epoch(run: Run, epoch: int, loader, progress: bool, start: EpochProgress = None, stop=None) -> dict:
+    """engine/epoch.py's run_epoch with the MXNet step."""
+    return run_epoch(MxnetStepper(run), run.config, run.plan, run.group, epoch, loader, progress, start, stop)
 
 
 def evaluate(net, loader, epoch: int = 0, group=None) -> dict:
