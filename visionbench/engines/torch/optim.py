@@ -24,9 +24,10 @@ multiply-add, which rounds once where MXNet's CPU kernels round twice):
 - lars (engine/lars.py, MXNet's ``multi_lars`` then
   ``preloaded_multi_sgd_mom_update``): for the adapted group, each tensor's
   rate ``lr_k = lr*eta*|w| / (|g|*rescale + wd*|w| + eps)`` when ``|w| > 0``
-  and ``|g| > 0`` (else ``lr``), then the sgd update with ``lr_k``; the
-  unadapted group (BatchNorm parameters and biases) takes the sgd update with
-  wd 0. Its norms differ from MXNet's in the last bits: MXNet's CPU kernel
+  and ``|g| > 0`` (else ``lr``), then sgd's momentum update with ``lr_k``;
+  the unadapted group (BatchNorm parameters and biases) takes the momentum
+  update with ``lr`` and wd 0. LARS always keeps a state and runs the momentum
+  update (at momentum 0 too). Its norms differ from MXNet's in the last bits: MXNet's CPU kernel
   sums the squares one by one in float32, torch's reduction sums in another
   order.
 
