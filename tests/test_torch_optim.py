@@ -13,7 +13,6 @@ of the largest |mom| and 1 ulp of the largest |w| (ResNet-like sizes of 100
 to 400 elements; on an AMD EPYC); asserted: MOM_ULPS and WEIGHT_ULPS.
 BatchNorm parameters and biases (no norms) equal MXNet's bit for bit.
 """
-import copy
 import io
 from dataclasses import replace
 
@@ -29,7 +28,7 @@ from visionbench.engine.precision import resolve_precision
 from visionbench.engine.trainer import build_trainer
 from visionbench.engines.torch.optim import MXNetOptimizer, build_optimizer
 
-GLOBAL_BATCH = 32
+GLOBAL_BATCH = 24                          # not a power of two: 1/24 is rounded in float32
 LRS = [0.1, 0.4, 0.25, 0.05, 0.3]          # one per step, as a schedule sets them
 MOMENTA = [0.9, 0.85, 0.0, 0.95, 0.9]      # 0 in the middle: MXNet then omits its momentum argument
 WD = 0.05                                  # large, so that decay or its absence shows in every step
@@ -77,8 +76,8 @@ def make_config(optimizer: str, nesterov: bool = False, momentum: float = 0.9, b
 
 
 def gradients(shapes, steps: int, seed: int = 1):
-    """Per step, one float32 array per parameter: sums over a batch of 32 (about
-    sqrt(32) times a mean gradient of 1). At step 3 the classifier weight's is
+    """Per step, one float32 array per parameter: sums over GLOBAL_BATCH samples
+    (about sqrt(GLOBAL_BATCH) times a mean gradient of 1). At step 3 the classifier weight's is
     zero: LARS then takes the plain lr."""
     rng = np.random.RandomState(seed)
     sequence = []

@@ -39,8 +39,11 @@ which is minus the velocity ``v`` of torch's SGD and of MLPerf's LARS
 (the torch engine's loss is a sum, as MXNet's); ``rescale`` (1 / global
 batch) turns it into the mean, inside the update as MXNet's ``rescale_grad``
 does. A float16 loss scale is not part of it: GradScaler unscales before
-``step``. The run loop sets ``group["lr"]`` and ``group["momentum"]`` before
-every step, as the MXNet engine sets the trainer's.
+``step`` (``scaler.step(optimizer, rescale=...)`` passes it on). Under DDP,
+whose allreduce averages over the processes, the gradient is the global
+sum divided by the world size: rescale = world size / global batch. The
+run loop sets ``group["lr"]`` and ``group["momentum"]`` before every step,
+as the MXNet engine sets the trainer's.
 
 Exactness (tests/test_torch_optim.py): sgd and nag equal MXNet's CPU kernels
 bit for bit; lars within a few float32 ulp of the weights. MXNet's GPU
