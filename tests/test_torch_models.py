@@ -106,8 +106,6 @@ def test_round_trip_is_bit_for_bit_and_logits_match(checkpoint, tmp_path):
         assert returned[key].dtype == array.dtype and np.array_equal(returned[key].asnumpy(), array.asnumpy()), key
 
 
-
-
 def test_gluon_save_parameters_keys_convert_the_same(checkpoints, tmp_path):
     """save_parameters' structural keys (features.0.weight) and save_params'
     prefix-less names give the state_dict our checkpoint format gives."""
@@ -143,6 +141,11 @@ def test_float16_and_nhwc_gluon_weights_keep_dtype_and_layout():
     assert all(back[k].dtype == a.dtype and np.array_equal(back[k], a) for k, a in arrays.items())
     with pytest.raises(UsageError, match="resnet18_v15_conv0_weight has shape"):
         convert.gluon_to_torch(arrays, "resnet18_v1.5")   # NCHW expected
+    bfloat16 = {key: value.to(torch.bfloat16) for key, value in state.items()}
+    widened = convert.torch_to_gluon(bfloat16, "resnet18_v1.5")   # MXNet's files hold no bfloat16: float32, exactly
+    for pair in convert.mapping("resnet18_v1.5", CLASSES).pairs:
+        array = widened[("aux:" if pair.aux else "arg:") + pair.gluon]
+        assert array.dtype == np.float32 and np.array_equal(array, bfloat16[pair.torch].float().numpy()), pair.torch
 
 
 def _trainable_gluon(net) -> int:
@@ -196,10 +199,12 @@ def test_initialisation_follows_gluons_rules():
     state = torch_models.get_torch_model("resnet18_v1.5", 1000, init_bn0=False).state_dict()
     net = get_model("resnet18_v1.5", classes=1000)
     net.initialize(HE)
-    for values in (lambda pair: state[pair.torch].numpy(), lambda pair: net.collect_params()[pair.gluon].data().asnumpy()):
+    gluon = net.collect_params()
+    for engine_values in ({pair: state[pair.torch].numpy() for pair in pairs},
+                          {pair: gluon[pair.gluon].data().asnumpy() for pair in pairs}):
         by_kind = {}
-        for pair in pairs:
-            by_kind.setdefault(convert._gluon_kind(pair.gluon), []).append(values(pair))
+        for pair, value in engine_values.items():
+            by_kind.setdefault(convert._gluon_kind(pair.gluon), []).append(value)
         _initial_values_follow_the_rules(by_kind)
 
 
@@ -212,18 +217,14 @@ def test_no_weight_decay_names_are_what_no_bn_wd_exempts_in_gluon(name):
     assert torch_models.no_weight_decay_names(model) == expected and expected
     decayed, exempt = torch_models.parameter_groups(model, 5e-5, bn_wd=False)
     assert exempt["weight_decay"] == 0 and decayed["weight_decay"] == 5e-5
-    assert len(decayed["params"]) + len(exempt["params"]) == len(list(model.parameters())) and len(exempt["params"]) \
-        == len(expected)
-
-
-def _run(capsys, *argv) -> tuple:
-    status = run_main(convert.main, "convert", [str(a) for a in argv])
-    captured = capsys.readouterr()
-    return status, captured.err
+    assert len(exempt["params"]) == len(expected)
+    assert len(decayed["params"]) + len(exempt["params"]) == len(list(model.parameters()))
 
 
 def _refused(capsys, target: Path, *argv, match: str, before=None) -> None:
-    status, err = _run(capsys, *argv)
+    """The command line (in this process) refuses ``argv``: exit 2, one line, ``target`` as ``before`` (or absent)."""
+    status = run_main(convert.main, "convert", [str(a) for a in argv])
+    err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and err.startswith("convert: error: ") and match in err, err
     assert (target.read_bytes() == before) if before is not None else not target.exists()
     assert not list(target.parent.glob(".*partial*"))   # no temporary left behind
@@ -233,9 +234,11 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_output_alone(checkpoints, t
     params, out = checkpoints("resnet9").params, tmp_path / "out.pt"
     _refused(capsys, out, params, out, "--model", "resnet9", "--classes", "7",
              match="resnet9_dense0_weight has shape (10, 512)")
-    _refused(capsys, out, params, out, "--model", "resnet51", match="unknown model 'resnet51' (choose from resnet101_v1")
+    _refused(capsys, out, params, out, "--model", "resnet51",
+             match="unknown model 'resnet51' (choose from resnet101_v1")
     _refused(capsys, out, params, out, "--model", "resnet18_v1.5", match="unexpected parameter")
-    _refused(capsys, out, params, tmp_path / "out.txt", "--model", "resnet9", match="cannot tell the direction")
+    _refused(capsys, tmp_path / "out.txt", params, tmp_path / "out.txt", "--model", "resnet9",
+             match="cannot tell the direction")
     out.write_bytes(b"someone else's file")
     _refused(capsys, out, params, out, "--model", "resnet9", match="exists; not overwritten",
              before=b"someone else's file")

@@ -104,6 +104,13 @@ def _classifier(name: str) -> Pair:
     return next(pair for pair in mapping(name, 1).pairs if pair.torch == "fc.weight")
 
 
+def _classes_of(shape: Tuple[int, ...], what: str, name: str) -> int:
+    """The number of classes a classifier weight of ``shape`` has (its rows)."""
+    if len(shape) != 2:
+        raise UsageError(f"parameter {what} has shape {tuple(shape)}; {name}'s classifier weight is 2-D")
+    return int(shape[0])
+
+
 def _check_model(name: str) -> None:
     from ..engines.torch.models import model_names
 
@@ -160,7 +167,8 @@ def gluon_to_torch(arrays: Dict[str, np.ndarray], name: str, classes: Optional[i
     _check_model(name)
     _check_layout(layout)
     keyed = _gluon_by_full_name(arrays, name)
-    classes = classes or int(np.shape(keyed[_classifier(name).gluon])[0])
+    classifier = _classifier(name).gluon
+    classes = classes or _classes_of(np.shape(keyed[classifier]), classifier, name)
     names = mapping(name, classes)
     state = collections.OrderedDict((key, torch.tensor(0, dtype=torch.long))
                                     for key in names.torch_keys if key.endswith("." + COUNTER))
@@ -198,7 +206,7 @@ def torch_to_gluon(state_dict, name: str, classes: Optional[int] = None,
     classifier = _classifier(name).torch
     if classifier not in entries:
         raise UsageError(f"missing parameter {classifier} for {name} (is this a {name} file?)")
-    classes = classes or int(entries[classifier].shape[0])
+    classes = classes or _classes_of(tuple(entries[classifier].shape), classifier, name)
     names = mapping(name, classes)
     known = {pair.torch for pair in names.pairs}
     unexpected = [key for key in entries if key not in known]
@@ -244,9 +252,18 @@ def read_torch_file(path: Path):
     import torch
 
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        # weights_only: tensors and plain containers only; a file cannot run code here
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        marker = "WeightsUnpickler error:"
+        detail = text.split(marker, 1)[1].strip().splitlines()[0] if marker in text else last_error_line(err)
+        raise UsageError(f"cannot read {path} as a PyTorch state_dict ({detail})")
+    except (OSError, RuntimeError, EOFError) as err:
         raise UsageError(f"cannot read {path} as a PyTorch file: {last_error_line(err)}")
+    if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
+        raise UsageError(f"{path} does not hold a PyTorch state_dict (a dict of tensors)")
+    return loaded
 
 
 def write_torch_file(state_dict, path: Path) -> None:
