@@ -9,15 +9,17 @@ output dtype (float16 included) and layout all happen inside DALI.
 The training (main) thread does not read records: a reader thread per device
 pipeline reads its batches (``READ_AHEAD`` ahead) and packs them into DALI
 batches, so DALI's input callback, which runs on the main thread inside each
-step, only hands over a batch already read. Batches reach MXNet through our
-own loop over the pipelines (``_device_batches``), not DALI's MXNet plugin:
-DALI 1.34's plugin copies GPU outputs with ``non_blocking=True`` and no
-stream, so nothing makes MXNet wait for the copy (fixed in DALI after 1.34,
-PR 5364); ``_copy_to_ndarray`` copies and waits.
+step, only hands over a batch already read. Batches reach MXNet or torch
+(spec.framework) through our own loop over the pipelines (``_device_batches``),
+not DALI's plugins: DALI 1.34's MXNet plugin copies GPU outputs with
+``non_blocking=True`` and no stream, so nothing makes MXNet wait for the copy
+(fixed in DALI after 1.34, PR 5364); ``_copy_to_ndarray`` copies and waits,
+``_copy_to_tensor`` copies on torch's current stream (see there why).
 
 GPU-only lines are confined to ``_placement``, ``_to_device`` and the GPU
-branch of ``_copy_to_ndarray`` (marked GPU-ONLY) and nvJPEG's options
-(gpu_decoding.py); they cannot run on the development machines.
+branches of ``_copy_to_ndarray`` and ``_copy_to_tensor`` (marked GPU-ONLY)
+and nvJPEG's options (gpu_decoding.py); they cannot run on the development
+machines.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from typing import AbstractSet, Callable, Iterator, List, Optional
 import numpy as np
 from nvidia.dali import fn, pipeline_def, tensors, types
 
+from .devices import device_index, device_kind
 from .gpu_decoding import decoder_options
 from .recordio import BadRecordSet, RecordReader
 from .sampling import RectEpoch, ShardEpoch, derive_seed, leave_out
@@ -46,21 +49,22 @@ PREFETCH_DEPTH = 2   # batches DALI prepares ahead of the training step
 READ_AHEAD = PREFETCH_DEPTH + 1
 
 
-def _placement(backend: str, context) -> tuple[Optional[int], str]:
-    """(DALI device_id, decoder device) for a backend and an MXNet context."""
-    if context.device_type == "gpu":
+def _placement(backend: str, device) -> tuple[Optional[int], str]:
+    """(DALI device_id, decoder device) for a backend and a device (an MXNet
+    context or a torch.device)."""
+    if device_kind(device) == "gpu":
         # GPU-ONLY: nvJPEG ("mixed") decoding for dali-gpu; CPU decoding then
         # a copy to the GPU for dali-cpu.
-        return context.device_id, ("mixed" if backend == "dali-gpu" else "cpu")
+        return device_index(device), ("mixed" if backend == "dali-gpu" else "cpu")
     return None, "cpu"
 
 
-def _to_device(node, context):
+def _to_device(node, device):
     """Every output of a pipeline built for a GPU leaves it on that GPU: the
     decoded images of ``mixed`` decoding already are, the labels (and CPU
-    decoded images) are copied (_copy_to_ndarray copies a CPU batch into
-    host memory only)."""
-    if context.device_type == "gpu" and node.device == "cpu":
+    decoded images) are copied (_copy_to_ndarray and _copy_to_tensor copy a
+    CPU batch into host memory only)."""
+    if device_kind(device) == "gpu" and node.device == "cpu":
         return node.gpu()   # GPU-ONLY
     return node
 
@@ -76,8 +80,8 @@ class _EpochFeed:
     after each step); 0 reads each batch when DALI asks for it (on the thread
     that runs the pipeline: the main thread).
     ``lock`` serialises the reading with the other feeds of the same reader
-    (RecordReader's fallback for split records seeks one shared file). Call
-    ``close()`` when the epoch ends or is abandoned."""
+    (one device's reader thread at a time in RecordReader). Call ``close()``
+    when the epoch ends or is abandoned."""
 
     def __init__(self, reader: RecordReader, plan: ShardEpoch, spec: LoaderSpec,
                  left_out: AbstractSet[int] = frozenset(), read_ahead: int = READ_AHEAD,
@@ -335,7 +339,8 @@ def _run_pipelines(spec: LoaderSpec, feeds: List[_EpochFeed], epoch: int) -> Ite
     try:
         pipes = [build_pipeline(spec, feed, context, derive_seed(spec.seed, spec.shard_id(i), epoch))
                  for i, (feed, context) in enumerate(zip(feeds, spec.devices))]
-        batches = _device_batches(pipes, spec.devices, len(feeds[0].plan.positions))
+        batches = _device_batches(pipes, spec.devices, len(feeds[0].plan.positions), spec.framework,
+                                  channels_last=spec.layout == "NHWC")
         for step, arrays in enumerate(batches):
             parts, dropped = [], 0
             for (data, label), feed in zip(arrays, feeds):
@@ -349,36 +354,64 @@ def _run_pipelines(spec: LoaderSpec, feeds: List[_EpochFeed], epoch: int) -> Ite
             feed.close()
 
 
-def _device_batches(pipes, contexts, steps: int) -> Iterator[list]:
-    """Per step, one (data, label) pair of NDArrays per pipeline, on its
-    context. DALI keeps PREFETCH_DEPTH runs scheduled ahead (the first
-    schedule_run fills the queue); a run is scheduled only while the epoch
-    still needs one, so no pipeline runs past its feed's last batch."""
+def _device_batches(pipes, devices, steps: int, framework: str = "mxnet",
+                    channels_last: bool = False) -> Iterator[list]:
+    """Per step, one (data, label) pair per pipeline, on its device: NDArrays
+    (framework mxnet) or torch.Tensors (torch; ``channels_last``: the images
+    came out NHWC and become NCHW-shaped channels_last views, loader.DeviceBatch).
+    DALI keeps PREFETCH_DEPTH runs scheduled ahead (the first schedule_run
+    fills the queue); a run is scheduled only while the epoch still needs
+    one, so no pipeline runs past its feed's last batch."""
+    for pipe, device in zip(pipes, devices):
+        _check_same_gpu(pipe.device_id, device)
     for pipe in pipes:
         pipe.build()
         pipe.schedule_run()
     for step in range(steps):
         outputs = [pipe.share_outputs() for pipe in pipes]
-        arrays = [(_to_ndarray(images, context), _to_ndarray(labels, context, drop_last_axis=True))
-                  for (images, labels), context in zip(outputs, contexts)]
+        arrays = [(_to_ndarray(images, device, framework=framework),
+                   _to_ndarray(labels, device, drop_last_axis=True, framework=framework))
+                  for (images, labels), device in zip(outputs, devices)]
+        if framework == "torch" and channels_last:
+            arrays = [(data.permute(0, 3, 1, 2), label) for data, label in arrays]
         for pipe in pipes:
-            pipe.release_outputs()   # the copies are complete: DALI may reuse its buffers
+            pipe.release_outputs()   # the copies are complete or ordered before DALI's reuse (_copy_to_*)
             if step + PREFETCH_DEPTH < steps:
                 pipe.schedule_run()
         yield arrays
 
 
-def _to_ndarray(batch, context, drop_last_axis: bool = False):
-    """A new NDArray on ``context`` holding a dense DALI batch (labels come
-    as (batch, 1): ``drop_last_axis`` makes them (batch,))."""
-    import mxnet as mx
+def _check_same_gpu(pipe_device_id: Optional[int], device) -> None:
+    """A pipeline on GPU k leaves its outputs on GPU k (_to_device): they are
+    copied into memory of that GPU only (DALI copies on the batch's GPU)."""
+    if pipe_device_id is not None and device_kind(device) == "gpu" and device_index(device) != pipe_device_id:
+        raise ValueError(f"a DALI batch on GPU {pipe_device_id} cannot be copied into memory of {device}")
 
+
+def _batch_shape(batch, drop_last_axis: bool) -> tuple:
+    """The dense batch's shape (labels come as (batch, 1): ``drop_last_axis``
+    makes them (batch,))."""
     if not batch.is_dense_tensor():
-        raise ValueError("a DALI batch whose samples differ in shape cannot become one NDArray")
+        raise ValueError("a DALI batch whose samples differ in shape cannot become one array")
     samples = batch.shape()   # one shape per sample (a list: ~0.1 ms for 64 samples)
     sample = tuple(samples[0])
-    shape = (len(samples),) + (sample[:-1] if drop_last_axis else sample)
-    array = mx.nd.empty(shape, ctx=context, dtype=types.to_numpy_type(batch.dtype))
+    return (len(samples),) + (sample[:-1] if drop_last_axis else sample)
+
+
+def _to_ndarray(batch, device, drop_last_axis: bool = False, framework: str = "mxnet"):
+    """A new array on ``device`` holding a dense DALI batch: an NDArray
+    (framework mxnet) or a torch.Tensor (torch), in DALI's layout."""
+    shape = _batch_shape(batch, drop_last_axis)
+    numpy_type = types.to_numpy_type(batch.dtype)
+    if framework == "torch":
+        import torch
+
+        tensor = torch.empty(shape, dtype=getattr(torch, np.dtype(numpy_type).name), device=device)
+        _copy_to_tensor(batch, tensor)
+        return tensor
+    import mxnet as mx
+
+    array = mx.nd.empty(shape, ctx=device, dtype=numpy_type)
     _copy_to_ndarray(batch, array)
     return array
 
@@ -394,9 +427,9 @@ def _copy_to_ndarray(batch, array) -> None:
     # DALI copies a host batch to the pointer as host memory, and a GPU batch
     # as device memory (CopyToExternal with memory_kind host / device): the
     # NDArray's memory must be of that kind.
-    if on_host and array.context.device_type != "cpu":
+    if on_host and device_kind(array.context) != "cpu":
         raise ValueError(f"a DALI batch in host memory cannot be copied into an NDArray on {array.context}")
-    if not on_host and array.context.device_type != "gpu":
+    if not on_host and device_kind(array.context) != "gpu":
         raise ValueError(f"a DALI batch in GPU memory cannot be copied into an NDArray on {array.context}")
     # MXNet may still be reading or writing the array: wait, as DALI's plugin does.
     mx.base.check_call(mx.base._LIB.MXNDArrayWaitToWrite(array.handle))
@@ -412,6 +445,50 @@ def _copy_to_ndarray(batch, array) -> None:
         # next kernel reads a complete batch. DALI's plugin passes
         # non_blocking=True, which only makes DALI's stream wait.
         batch.copy_to_external(pointer, None, non_blocking=False)
+
+
+def _copy_to_tensor(batch, tensor) -> None:
+    """Copy a dense DALI batch (TensorListCPU or TensorListGPU) into a
+    contiguous torch.Tensor of as many bytes (the caller's promise, as for
+    _copy_to_ndarray) on the batch's device. A host batch is copied when this
+    returns; a GPU batch is ordered before torch's next kernel on the device
+    (see the GPU branch)."""
+    on_host = isinstance(batch, tensors.TensorListCPU)
+    # As _copy_to_ndarray: DALI writes a host batch as host memory and a GPU
+    # batch as device memory, so the tensor's memory must be of that kind.
+    if on_host and device_kind(tensor.device) != "cpu":
+        raise ValueError(f"a DALI batch in host memory cannot be copied into a tensor on {tensor.device}")
+    if not on_host and device_kind(tensor.device) != "gpu":
+        raise ValueError(f"a DALI batch in GPU memory cannot be copied into a tensor on {tensor.device}")
+    if not tensor.is_contiguous():
+        raise ValueError("DALI copies a batch into contiguous memory only")
+    pointer = ctypes.c_void_p(tensor.data_ptr())
+    if on_host:
+        batch.copy_to_external(pointer)   # a host memcpy, done when it returns
+        return
+    # GPU-ONLY: a TensorListGPU into a CUDA tensor of the same GPU
+    # (_check_same_gpu), on torch's current stream of that device, not
+    # blocking; what DALI 1.34's own PyTorch plugin does (nvidia/dali/plugin/
+    # pytorch/__init__.py: DALIGenericIterator passes
+    # torch.cuda.current_stream(device=...) to feed_ndarray, which calls
+    # copy_to_external(ptr, stream, non_blocking=True)). DALI 1.34's
+    # backend_impl.cc (CopyToExternalImplGPU) then enqueues the copy on that
+    # stream (copy_order) and, non-blocking, makes the batch's own order wait
+    # for the copy (wait_order = src.order()), so DALI does not reuse the
+    # buffer before the copy is done. On torch's side the copy sits in
+    # torch's current stream: after the work that last used this memory
+    # (torch.empty took it from the caching allocator, which reuses memory in
+    # stream order on that same stream) and before every kernel torch queues
+    # next on it; no host wait. The MXNet path's choice (DALI's pool stream,
+    # non_blocking=False) would be wrong here: the copy would write on
+    # another stream into memory torch may still be reading.
+    import torch
+
+    stream = torch.cuda.current_stream(tensor.device)
+    # Torch's default stream is cuda_stream 0: c_void_p(0) reaches DALI as a
+    # null cudaStream_t (backend_impl.cc, ctypes_void_ptr), the same legacy
+    # default stream, exactly as DALI's plugin passes it.
+    batch.copy_to_external(pointer, ctypes.c_void_p(stream.cuda_stream), non_blocking=True)
 
 
 def _undecodable(reader: RecordReader, feeds: List[_EpochFeed]) -> Optional[int]:

@@ -8,6 +8,10 @@
         for data, label, pad in step:   # one DeviceBatch per device
             ...                         # the last `pad` samples repeat earlier ones
 
+With ``framework="torch"`` the devices are torch.device objects and the
+batches torch.Tensors (devices.py; the ``mxnet`` backend is MXNet's own
+iterator, so it is refused there).
+
 Every step has a batch for every device. Epochs are pure functions of
 (seed, epoch): ``loader.epoch(e)`` can be replayed, e.g. after a resume.
 Rebuilding a loader for a new phase (image size, batch size) is cheap: the
@@ -21,6 +25,7 @@ from typing import Iterator, List, NamedTuple
 import numpy as np
 
 from ..cli import UsageError
+from .devices import FRAMEWORKS, device_framework, device_kind
 from .recordio import RecordReader
 from .sampling import batches_per_epoch, epoch_order, rect_val_epoch, shard_epoch, smallest_shard
 from .spec import BACKENDS, BAD_RECORD_POLICIES, DTYPES, LAYOUTS, LoaderSpec
@@ -28,9 +33,19 @@ from .spec import BACKENDS, BAD_RECORD_POLICIES, DTYPES, LAYOUTS, LoaderSpec
 MIN_IMAGE_SIZE = 8   # pixels
 
 
+# Backends that feed torch: the mxnet backend is MXNet's ImageRecordIter.
+TORCH_BACKENDS = ("synthetic", "dali-cpu", "dali-gpu")
+
+
 class DeviceBatch(NamedTuple):
-    data: object    # mx.nd.NDArray on the device, (batch, 3, size, size) or NHWC
-    label: object   # mx.nd.NDArray float32 (batch,)
+    # data: on the device, in the spec's dtype. mxnet: an NDArray (batch, 3,
+    # size, size), or (batch, size, size, 3) for layout NHWC. torch: a Tensor
+    # shaped (batch, 3, size, size) either way; for NHWC it has channels_last
+    # strides (the NHWC bytes seen through .permute(0, 3, 1, 2), no copy),
+    # which is how torch runs NHWC: an NCHW-shaped tensor in memory format
+    # torch.channels_last, fed to a model converted to channels_last.
+    data: object
+    label: object   # float32 (batch,), NDArray or Tensor on the device
     pad: int        # trailing samples that are padding, not data
 
 
@@ -48,6 +63,7 @@ def check_spec(spec: LoaderSpec) -> None:
         raise UsageError(f"batch size must be at least 1, got {spec.batch_size}")
     if not spec.devices:
         raise UsageError("no devices given")
+    _check_framework(spec)
     if not 0 <= spec.rank < spec.num_workers:
         raise UsageError(f"worker rank {spec.rank} is outside 0..{spec.num_workers - 1}")
     aug = spec.augment
@@ -59,7 +75,7 @@ def check_spec(spec: LoaderSpec) -> None:
         raise UsageError(f"rectangular validation needs an image size that is a multiple of 8, got {spec.image_size}")
     if aug.recipe == "cifar" and spec.train and (aug.pad >= spec.image_size or aug.cutout > spec.image_size):
         raise UsageError(f"padding {aug.pad} / Cutout {aug.cutout} do not fit {spec.image_size}-pixel images")
-    if spec.backend == "dali-gpu" and any(c.device_type != "gpu" for c in spec.devices):
+    if spec.backend == "dali-gpu" and any(device_kind(d) != "gpu" for d in spec.devices):
         raise UsageError("--data-backend dali-gpu needs GPU devices; use dali-cpu with --device cpu")
     if spec.bad_records not in BAD_RECORD_POLICIES:
         raise UsageError(f"unknown bad-record policy {spec.bad_records!r} (choose from {', '.join(BAD_RECORD_POLICIES)})")
@@ -68,6 +84,21 @@ def check_spec(spec: LoaderSpec) -> None:
                          "the mxnet backend's ImageRecordIter stops at an undecodable record")
     if spec.backend != "synthetic" and spec.prefix is None:
         raise UsageError(f"--data-backend {spec.backend} needs a dataset (--data-root)")
+
+
+def _check_framework(spec: LoaderSpec) -> None:
+    """The engine fed, its devices and, for torch, a backend that can feed it."""
+    if spec.framework not in FRAMEWORKS:
+        raise UsageError(f"unknown engine {spec.framework!r} for the data loader "
+                         f"(choose from {', '.join(FRAMEWORKS)})")
+    for device in spec.devices:
+        if device_framework(device) != spec.framework:
+            raise UsageError(f"device {device} is not a {spec.framework} device")
+        if device_kind(device) not in ("cpu", "gpu"):
+            raise UsageError(f"device {device}: the data loaders feed CPUs and CUDA GPUs only")
+    if spec.framework == "torch" and spec.backend not in TORCH_BACKENDS:
+        raise UsageError(f"--data-backend {spec.backend} feeds the mxnet engine only; "
+                         f"with --engine torch use {', '.join(TORCH_BACKENDS)}")
 
 
 class Loader:

@@ -2,6 +2,9 @@
 
 The record format is MXNet's own (``mx.recordio``): every record is an
 ``IRHeader(flag=0, label, id=index, id2=0)`` followed by the image file bytes.
+It is read and written here in plain Python, byte for byte as MXNet does
+(dmlc-core's framing, MXNet's image header), so neither the loaders of the
+torch engine nor data_prep/ need MXNet installed.
 The ``.lst`` file uses im2rec's format, ``index<TAB>label<TAB>relative/path``
 with the label printed as ``%f``. Alongside live ``PREFIX.classes.txt`` (one
 class name per line, the line number is the label), ``PREFIX.skipped.txt``
@@ -23,9 +26,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
-
-import mxnet as mx
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from ..cli import UsageError
 from ..files import fsync_dir, fsync_path, partial_path, remove_stale_partials
@@ -35,8 +36,32 @@ from ..report.schema import validate_report
 # uint32 whose top 3 bits are the continuation flag and low 29 bits the length
 # in bytes; parts are padded to 4 bytes.
 RECORDIO_MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", RECORDIO_MAGIC)
 _PART_HEADER = struct.Struct("<II")
 _LENGTH_MASK = (1 << 29) - 1
+_FLAG_SHIFT = 29
+# Part flags: a whole record, or the start, a middle and the end of one split
+# where its bytes held the magic word at a 4-byte boundary (the word is dropped
+# there and put back by the reader).
+_WHOLE, _START, _MIDDLE, _END = 0, 1, 2, 3
+
+# MXNet's image record header (mx.recordio.IRHeader, struct 'IfQQ', 24 bytes):
+# flag 0: one float label in ``label``; flag n > 0: n float32 labels follow
+# the header and ``label`` is unused (0).
+_IMAGE_HEADER = struct.Struct("<IfQQ")
+
+
+class IRHeader(NamedTuple):
+    """An image record's header, as mx.recordio.IRHeader; with flag n > 0,
+    unpack_image_record returns the n labels in ``label`` (float32 array)."""
+    flag: int
+    label: object   # float, or with flag > 0 a numpy float32 array
+    id: int
+    id2: int
+
+
+class RecordFormatError(ValueError):
+    """A record whose RecordIO framing or image header is truncated or corrupted."""
 
 # Renamed in this order by commit(): the .idx last marks a complete set.
 OUTPUT_SUFFIXES = (".lst", ".classes.txt", ".skipped.txt", ".prep.json", ".rec", ".idx")
@@ -64,6 +89,143 @@ def existing_outputs(prefix: Path) -> List[Path]:
     return [p for p in (prefix_path(prefix, s) for s in OUTPUT_SUFFIXES) if p.exists()]
 
 
+# --- MXNet's record format, without MXNet -------------------------------------
+
+def pack_image_record(header: IRHeader, payload: bytes) -> bytes:
+    """An image record as mx.recordio.pack makes it: a number label gives
+    flag 0; a sequence of labels gives flag = their count, the labels as
+    float32 after the header, and label 0."""
+    import numbers
+
+    import numpy as np
+
+    if isinstance(header.label, numbers.Number):
+        header = header._replace(flag=0)
+    else:
+        labels = np.asarray(header.label, dtype=np.float32)
+        header = header._replace(flag=labels.size, label=0)
+        payload = labels.tobytes() + bytes(payload)
+    return _IMAGE_HEADER.pack(*header) + bytes(payload)
+
+
+def unpack_image_record(record) -> tuple:
+    """(IRHeader, payload) of an image record (bytes, memoryview or mmap
+    slice; the payload is a slice of the same kind), as mx.recordio.unpack.
+    A record too short for its header or its labels is a RecordFormatError."""
+    if len(record) < _IMAGE_HEADER.size:
+        raise RecordFormatError(f"{len(record)} bytes are too short for an image record header")
+    header = IRHeader(*_IMAGE_HEADER.unpack_from(record, 0))
+    payload = record[_IMAGE_HEADER.size:]
+    if header.flag > 0:
+        import numpy as np
+
+        if len(payload) < 4 * header.flag:
+            raise RecordFormatError(f"an image record header announces {header.flag} labels in "
+                                    f"{len(payload)} bytes")
+        # A copy: an array over a slice of a memory-mapped .rec would keep the map from closing.
+        header = header._replace(label=np.frombuffer(payload, np.float32, header.flag).copy())
+        payload = payload[4 * header.flag:]
+    return header, payload
+
+
+def frame_record(record: bytes) -> bytes:
+    """A record's bytes in the .rec, as dmlc-core's RecordIOWriter::WriteRecord
+    writes them: split at every 4-byte-aligned magic word (the word dropped),
+    one part header per part, the last part zero-padded to 4 bytes."""
+    record = bytes(record)
+    if len(record) > _LENGTH_MASK:
+        raise ValueError(f"a RecordIO record holds at most {_LENGTH_MASK} bytes, got {len(record)}")
+    pieces, start, split = [], 0, False
+    found = record.find(_MAGIC_BYTES)
+    while found != -1:
+        if found % 4:   # dmlc-core looks for the magic word at 4-byte boundaries only
+            found = record.find(_MAGIC_BYTES, found + 1)
+            continue
+        pieces += [_PART_HEADER.pack(RECORDIO_MAGIC, ((_MIDDLE if split else _START) << _FLAG_SHIFT)
+                                     | (found - start)), record[start:found]]
+        start, split = found + 4, True
+        found = record.find(_MAGIC_BYTES, start)
+    tail = len(record) - start
+    pieces += [_PART_HEADER.pack(RECORDIO_MAGIC, ((_END if split else _WHOLE) << _FLAG_SHIFT) | tail),
+               record[start:], b"\0" * (-tail % 4)]
+    return b"".join(pieces)
+
+
+def _record_parts(buffer, offset: int) -> tuple[list, int]:
+    """([(start, length)] of the parts of the record at ``offset`` in
+    ``buffer`` (the .rec's bytes), the byte just past it). Parts must be a
+    whole record or start, middles and an end, each inside the buffer; else
+    RecordFormatError."""
+    parts, position, expect = [], offset, (_WHOLE, _START)
+    while True:
+        if position < 0 or position + _PART_HEADER.size > len(buffer):
+            raise RecordFormatError(f"no record part header at byte {position}")
+        magic, length_word = _PART_HEADER.unpack_from(buffer, position)
+        flag, length = length_word >> _FLAG_SHIFT, length_word & _LENGTH_MASK
+        if magic != RECORDIO_MAGIC or flag not in expect:
+            raise RecordFormatError(f"no valid record part at byte {position}")
+        start = position + _PART_HEADER.size
+        position = start + (length + 3) // 4 * 4
+        if position > len(buffer):
+            raise RecordFormatError(f"the record part at byte {start - _PART_HEADER.size} runs past the end")
+        parts.append((start, length))
+        if flag in (_WHOLE, _END):
+            return parts, position
+        expect = (_MIDDLE, _END)
+
+
+def read_record(buffer, offset: int):
+    """The record at ``offset`` of ``buffer`` (the .rec's bytes), as dmlc-core's
+    RecordIOReader::NextRecord returns it: a one-part record is a slice of the
+    buffer (a memoryview's slice is no copy), a split one is joined with the
+    magic words put back. RecordFormatError when truncated or corrupted."""
+    parts, _ = _record_parts(buffer, offset)
+    if len(parts) == 1:
+        start, length = parts[0]
+        return buffer[start:start + length]
+    return _MAGIC_BYTES.join(bytes(buffer[start:start + length]) for start, length in parts)
+
+
+def _record_end(buffer, offset: int) -> Optional[int]:
+    """Byte just past the record starting at ``offset``, or None when the part
+    headers there are not a well-formed record inside the buffer."""
+    try:
+        return _record_parts(buffer, offset)[1]
+    except RecordFormatError:
+        return None
+
+
+def _map_file(path: Path):
+    """The file's bytes, memory-mapped read-only (an empty file: b"", which
+    mmap refuses)."""
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+class IndexedRecordWriter:
+    """Writes a .rec and its .idx as mx.recordio.MXIndexedRecordIO(idx, rec, "w")
+    does: ``key<TAB>byte offset`` per record, in the order written."""
+
+    def __init__(self, idx_path: Path, rec_path: Path):
+        self._rec = open(rec_path, "wb")
+        try:
+            self._idx = open(idx_path, "w", encoding="utf-8")
+        except OSError:
+            self._rec.close()
+            raise
+
+    def write_idx(self, key: int, record: bytes) -> None:
+        position = self._rec.tell()
+        self._rec.write(frame_record(record))
+        self._idx.write(f"{key}\t{position}\n")
+
+    def close(self) -> None:
+        self._rec.close()
+        self._idx.close()
+
+
 class RecordSetWriter:
     """Write one RecordIO set; nothing appears under the final names before commit().
 
@@ -80,8 +242,7 @@ class RecordSetWriter:
         finals = [prefix_path(self.prefix, s) for s in OUTPUT_SUFFIXES]
         remove_stale_partials(finals)
         self._tmp: Dict[str, Path] = {s: partial_path(prefix_path(self.prefix, s)) for s in OUTPUT_SUFFIXES}
-        self._records = mx.recordio.MXIndexedRecordIO(
-            str(self._tmp[".idx"]), str(self._tmp[".rec"]), "w")
+        self._records = IndexedRecordWriter(self._tmp[".idx"], self._tmp[".rec"])
         self._list = open(self._tmp[".lst"], "w", encoding="utf-8")
         self.count = 0
         self.payload_bytes = 0
@@ -91,8 +252,7 @@ class RecordSetWriter:
     def write(self, label: int, payload: bytes, rel_path: str) -> int:
         """Append one record; returns its index (consecutive from 0)."""
         index = self.count
-        header = mx.recordio.IRHeader(0, float(label), index, 0)
-        self._records.write_idx(index, mx.recordio.pack(header, payload))
+        self._records.write_idx(index, pack_image_record(IRHeader(0, float(label), index, 0), payload))
         self._list.write(format_list_line(index, label, rel_path))
         self.count += 1
         self.payload_bytes += len(payload)
@@ -265,78 +425,61 @@ def verify_record_set(prefix: Path, decode: bool = False,
             raise BadRecordSet(f"record {key}: offset {offset} lies outside {rec_path} ({rec_size} bytes)", key)
 
     expected_labels = _read_list_labels(prefix)
-    if decode:
-        import cv2
-        import numpy as np
-
-    label_counts: Counter = Counter()
-    decoded = 0
-    reader = mx.recordio.MXIndexedRecordIO(str(idx_path), str(rec_path), "r")
+    rec = _map_file(rec_path)
     try:
-        with open(rec_path, "rb") as raw:
-            expected_offset = 0
-            for key, offset in sorted(entries, key=lambda e: e[1]):
-                if offset != expected_offset:
-                    gap = "unindexed bytes" if offset > expected_offset else "overlapping records"
-                    raise BadRecordSet(f"record {key}: starts at byte {offset}, expected {expected_offset} ({gap} in {rec_path})", key)
-                end = _record_end(raw, offset, rec_size)
-                if end is None:
-                    raise BadRecordSet(f"record {key}: no valid record at byte {offset} of {rec_path}", key)
-                try:
-                    record = reader.read_idx(key)
-                except mx.base.MXNetError:
-                    raise BadRecordSet(f"record {key}: truncated or corrupted data at byte {offset} of {rec_path}", key)
-                if record is None:
-                    raise BadRecordSet(f"record {key}: truncated data at byte {offset} of {rec_path}", key)
-                expected_offset = end
-                try:
-                    header, payload = mx.recordio.unpack(record)
-                except (struct.error, ValueError):
-                    raise BadRecordSet(f"record {key}: too short for an image record header", key)
-                label = _check_label(key, header, num_classes)
-                if header.id != key:
-                    raise BadRecordSet(f"record {key}: header id is {header.id}, expected {key}", key)
-                if expected_labels is not None:
-                    listed = expected_labels.get(key)
-                    if listed is None or listed != label:
-                        raise BadRecordSet(f"record {key}: label {label} but the .lst says {listed}", key)
-                if decode:
-                    image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
-                    if image is None:
-                        raise BadRecordSet(f"record {key}: payload of {len(payload)} bytes does not decode as an image", key)
-                    decoded += 1
-                label_counts[label] += 1
-            if expected_offset != rec_size:
-                raise BadRecordSet(f"{rec_path}: {rec_size - expected_offset} bytes after the last indexed record (the .idx does not cover the .rec)")
+        label_counts, decoded = _verify_records(rec, rec_path, entries, num_classes, expected_labels, decode)
     finally:
-        reader.close()
+        if not isinstance(rec, bytes):
+            rec.close()
     if expected_labels is not None and len(expected_labels) != len(entries):
         raise BadRecordSet(f"{prefix_path(prefix, '.lst')}: {len(expected_labels)} lines for {len(entries)} records")
     return VerifyResult(records=len(entries), rec_bytes=rec_size, label_counts=dict(label_counts),
                         classes=classes, decoded=decoded)
 
 
-def _record_end(raw, offset: int, file_size: int) -> Optional[int]:
-    """Byte just past the record starting at ``offset``, or None when the part
-    headers there are not a well-formed record inside the file. A record is
-    one part (flag 0) or a start part (1), middle parts (2) and an end part (3):
-    dmlc-core splits payloads that contain the magic word."""
-    position, expect = offset, (0, 1)
-    while True:
-        raw.seek(position)
-        head = raw.read(_PART_HEADER.size)
-        if len(head) < _PART_HEADER.size:
-            return None
-        magic, length_word = _PART_HEADER.unpack(head)
-        flag, length = length_word >> 29, length_word & _LENGTH_MASK
-        if magic != RECORDIO_MAGIC or flag not in expect:
-            return None
-        position += _PART_HEADER.size + (length + 3) // 4 * 4
-        if position > file_size:
-            return None
-        if flag in (0, 3):
-            return position
-        expect = (2, 3)
+def _verify_records(rec, rec_path: Path, entries: List[tuple[int, int]], num_classes: Optional[int],
+                    expected_labels: Optional[Dict[int, int]], decode: bool) -> tuple[Counter, int]:
+    """verify_record_set's walk through the .rec's bytes ``rec`` in offset
+    order: (records per label, records decoded)."""
+    if decode:
+        import cv2
+        import numpy as np
+
+    label_counts: Counter = Counter()
+    decoded = 0
+    expected_offset = 0
+    for key, offset in sorted(entries, key=lambda e: e[1]):
+        if offset != expected_offset:
+            gap = "unindexed bytes" if offset > expected_offset else "overlapping records"
+            raise BadRecordSet(f"record {key}: starts at byte {offset}, expected {expected_offset} ({gap} in {rec_path})", key)
+        end = _record_end(rec, offset)
+        if end is None:
+            raise BadRecordSet(f"record {key}: no valid record at byte {offset} of {rec_path}", key)
+        try:
+            record = read_record(rec, offset)
+        except RecordFormatError:
+            raise BadRecordSet(f"record {key}: truncated or corrupted data at byte {offset} of {rec_path}", key)
+        expected_offset = end
+        try:
+            header, payload = unpack_image_record(record)
+        except RecordFormatError:
+            raise BadRecordSet(f"record {key}: too short for an image record header", key)
+        label = _check_label(key, header, num_classes)
+        if header.id != key:
+            raise BadRecordSet(f"record {key}: header id is {header.id}, expected {key}", key)
+        if expected_labels is not None:
+            listed = expected_labels.get(key)
+            if listed is None or listed != label:
+                raise BadRecordSet(f"record {key}: label {label} but the .lst says {listed}", key)
+        if decode:
+            image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+            if image is None:
+                raise BadRecordSet(f"record {key}: payload of {len(payload)} bytes does not decode as an image", key)
+            decoded += 1
+        label_counts[label] += 1
+    if expected_offset != len(rec):
+        raise BadRecordSet(f"{rec_path}: {len(rec) - expected_offset} bytes after the last indexed record (the .idx does not cover the .rec)")
+    return label_counts, decoded
 
 
 def _check_label(key: int, header, num_classes: Optional[int]) -> int:
@@ -365,14 +508,21 @@ def _read_list_labels(prefix: Path) -> Optional[Dict[int, int]]:
 def iter_records(prefix: Path, keys: Optional[Sequence[int]] = None):
     """Yield ``(key, IRHeader, payload)`` in index order (or for ``keys``)."""
     prefix = Path(prefix)
-    reader = mx.recordio.MXIndexedRecordIO(
-        str(prefix_path(prefix, ".idx")), str(prefix_path(prefix, ".rec")), "r")
+    rec_path = prefix_path(prefix, ".rec")
+    entries = read_index_file(prefix_path(prefix, ".idx"))
+    offsets = dict(entries)   # a key listed twice: its last offset, as MXNet's reader
+    rec = _map_file(rec_path)
     try:
-        for key in (reader.keys if keys is None else keys):
-            header, payload = mx.recordio.unpack(reader.read_idx(key))
+        for key in ([key for key, _ in entries] if keys is None else keys):
+            try:
+                # Slices of the map are copies: the payloads outlive the map.
+                header, payload = unpack_image_record(read_record(rec, offsets[key]))
+            except RecordFormatError:
+                raise BadRecordSet(f"record {key} of {rec_path} is truncated or corrupted", key)
             yield key, header, payload
     finally:
-        reader.close()
+        if not isinstance(rec, bytes):
+            rec.close()
 
 
 class RecordReader:
@@ -389,19 +539,16 @@ class RecordReader:
         entries = read_index_file(self.idx_path)
         if not entries:
             raise BadRecordSet(f"{self.idx_path} lists no records")
-        rec_size = self.rec_path.stat().st_size
         by_offset = sorted(entries, key=lambda e: e[1])
-        with open(self.rec_path, "rb") as raw:
-            for key, offset in (by_offset[0], by_offset[-1]):
-                if _record_end(raw, offset, rec_size) is None:
-                    raise BadRecordSet(f"{self.idx_path} does not match {self.rec_path}: "
-                                       f"no valid record {key} at byte {offset} (run verify_rec.py)", key)
+        self._map = _map_file(self.rec_path)
+        self._view = memoryview(self._map)
+        for key, offset in (by_offset[0], by_offset[-1]):
+            if _record_end(self._view, offset) is None:
+                self.close()
+                raise BadRecordSet(f"{self.idx_path} does not match {self.rec_path}: "
+                                   f"no valid record {key} at byte {offset} (run verify_rec.py)", key)
         self.keys = [key for key, _ in entries]
         self._offsets = [offset for _, offset in entries]
-        self._reader = mx.recordio.MXIndexedRecordIO(str(self.idx_path), str(self.rec_path), "r")
-        with open(self.rec_path, "rb") as handle:
-            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        self._view = memoryview(self._map)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -414,16 +561,14 @@ class RecordReader:
         if offset + _PART_HEADER.size <= len(view):
             magic, length_word = _PART_HEADER.unpack_from(view, offset)
             start, length = offset + _PART_HEADER.size, length_word & _LENGTH_MASK
-            # The common case, one part: slice it out of the map (no copy, no
-            # call into MXNet). Split records and damage take MXNet's reader.
-            if magic == RECORDIO_MAGIC and length_word >> 29 == 0 and start + length <= len(view):
+            # The common case, one part: slice it out of the map (no copy).
+            # Split records (joined: a copy) and damage take read_record.
+            if magic == RECORDIO_MAGIC and length_word >> _FLAG_SHIFT == _WHOLE and start + length <= len(view):
                 return self._unpack(view[start:start + length], position)
         key = self.keys[position]
         try:
-            record = self._reader.read_idx(key)
-        except mx.base.MXNetError:
-            record = None
-        if record is None:
+            record = read_record(view, offset)
+        except RecordFormatError:
             raise BadRecordSet(f"record {key} of {self.rec_path} is truncated or corrupted", key)
         label, payload = self._unpack(record, position)
         return label, memoryview(payload)
@@ -433,8 +578,8 @@ class RecordReader:
         count the record cannot hold, several labels) is a BadRecordSet."""
         key = self.keys[position]
         try:
-            header, payload = mx.recordio.unpack(record)
-        except (ValueError, struct.error):
+            header, payload = unpack_image_record(record)
+        except RecordFormatError:
             raise BadRecordSet(f"record {key} of {self.rec_path} has a damaged header", key)
         if header.flag != 0:
             raise BadRecordSet(f"record {key} of {self.rec_path} has {header.flag} labels, expected one", key)
@@ -486,7 +631,7 @@ class RecordReader:
         return sizes
 
     def close(self) -> None:
-        """Close the files; views returned by read() must be released first."""
-        self._reader.close()
+        """Close the map; views returned by read() must be released first."""
         self._view.release()
-        self._map.close()
+        if not isinstance(self._map, bytes):
+            self._map.close()

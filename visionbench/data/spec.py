@@ -50,7 +50,7 @@ class LoaderSpec:
     train: bool                       # train augmentation and shuffling, else val
     batch_size: int                   # per device
     image_size: int                   # side of the (square) network input, pixels
-    devices: Sequence                 # mx.Context per local device
+    devices: Sequence                 # per local device: mx.Context (mxnet) or torch.device (torch); see devices.py
     backend: str = "dali-cpu"
     dtype: str = "float32"            # of the data the pipeline emits
     layout: str = "NCHW"
@@ -62,6 +62,7 @@ class LoaderSpec:
     num_classes: int = 1000           # labels of synthetic data
     synthetic_images: int = 1281167   # images per epoch of synthetic data (ImageNet's train set)
     bad_records: str = "fail"         # a record that does not decode: "fail" (stop, naming it) or "skip"
+    framework: str = "mxnet"          # the engine fed: "mxnet" (NDArrays) or "torch" (torch.Tensors)
 
     @property
     def num_shards(self) -> int:
@@ -88,4 +89,5 @@ def loader_spec(config: "Config", split: str, devices, rank: int = 0, num_worker
         dtype=input_dtype(config), layout=config.input_layout, rank=rank, num_workers=num_workers,
         augment=Augment(recipe=config.augment, min_scale=config.min_random_area, rect_val=config.rect_val),
         seed=config.seed, threads=config.dali_threads, num_classes=config.num_classes,
-        synthetic_images=config.num_examples, bad_records=config.bad_records)
+        synthetic_images=config.num_examples, bad_records=config.bad_records,
+        framework=getattr(config, "engine", "mxnet"))
