@@ -20,16 +20,24 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv"
 # What the entry scripts import (import names, not distribution names).
-REQUIRED = ("numpy", "mxnet", "nvidia.dali", "cv2", "PIL", "pandas", "jsonschema", "tqdm", "matplotlib")
+REQUIRED = ("numpy", "nvidia.dali", "cv2", "PIL", "pandas", "jsonschema", "tqdm", "matplotlib")
+# The engines' frameworks: one is enough (--engine says which; main.py names a missing one).
+FRAMEWORKS = ("mxnet", "torch")
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):   # ValueError: a module set to None in sys.modules
+        return False
 
 
 def missing_module() -> Optional[str]:
     for name in REQUIRED:
-        try:
-            if importlib.util.find_spec(name) is None:
-                return name
-        except (ImportError, ValueError):
+        if not _importable(name):
             return name
+    if not any(_importable(name) for name in FRAMEWORKS):
+        return " or ".join(FRAMEWORKS)
     return None
 
 

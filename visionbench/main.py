@@ -13,15 +13,24 @@ from .data.spec import loader_spec
 
 
 def resolve_devices(config: Config) -> Config:
-    """Fill the automatic choices: device from what MXNet sees, backend from device."""
-    import mxnet as mx
-
-    gpus = mx.context.num_gpus()
+    """Fill the automatic choices: device from what the engine's framework
+    sees, backend from device."""
+    framework = "PyTorch" if config.engine == "torch" else "MXNet"
+    try:
+        if config.engine == "torch":
+            import torch
+            gpus = torch.cuda.device_count()
+        else:
+            import mxnet as mx
+            gpus = mx.context.num_gpus()
+    except ImportError:
+        raise UsageError(f"--engine {config.engine}: {framework} cannot be imported in {sys.executable} "
+                         f"(`make install` installs both engines' frameworks)")
     if config.device == "gpu" and gpus == 0:
-        raise UsageError("--device gpu: MXNet sees no GPU (CPU build of mxnet, or no CUDA driver); "
-                         "on this machine use --device cpu (float32)")
+        raise UsageError(f"--device gpu: {framework} sees no GPU (a CPU build, or no CUDA driver); "
+                         "on this machine use --device cpu")
     device = config.device or ("gpu" if gpus > 0 else "cpu")
-    if device == "gpu":
+    if device == "gpu" and config.engine == "mxnet":
         from .engine.gpus import refuse_unsupported_gpus
         refuse_unsupported_gpus()   # GPU-ONLY: Hopper and newer under mxnet-cu112
     backend = config.data_backend or ("dali-gpu" if device == "gpu" else "dali-cpu")
@@ -47,12 +56,20 @@ def first_gpu_index(group) -> int:
     return getattr(group, "local_rank", 0)
 
 
+def make_devices(config: Config, first_gpu: int = 0) -> list:
+    """This process's devices in the engine's framework: MXNet contexts or torch devices."""
+    if config.engine == "torch":
+        from .engines.torch.session import torch_devices
+        return torch_devices(config.device, config.num_devices, first_gpu)
+    from .engine.devices import make_contexts
+    return make_contexts(config.device, config.num_devices, first_gpu)
+
+
 def run_io(config: Config) -> int:
     from .bench.io import format_io_report, measure_loader
     from .data.loader import make_loader
-    from .engine.devices import make_contexts
 
-    devices = make_contexts(config.device, config.num_devices)
+    devices = make_devices(config)
     loader = make_loader(loader_spec(config, config.io_split, devices))
     iterations = config.iterations or len(loader)
     result = measure_loader(loader, iterations, config.warmup_iterations)
@@ -64,10 +81,11 @@ def run_io(config: Config) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     config = resolve_devices(resolve(argv))
-    from .engine.gpu_settings import apply_environment
-    from .engine.plan import uses_rect_val
-    # Before the self-test too: it must run the steps real runs take (aggregated updates, fusion settings).
-    apply_environment(config.device, uses_rect_val(config))
+    if config.engine == "mxnet":
+        from .engine.gpu_settings import apply_environment
+        from .engine.plan import uses_rect_val
+        # Before the self-test too: it must run the steps real runs take (aggregated updates, fusion settings).
+        apply_environment(config.device, uses_rect_val(config))
     if config.self_test:
         from .selftest import run_self_test
         return run_self_test(config)
@@ -77,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .engine.run import print_schedule
         workers = config.nnodes * config.local_workers if distributed else 1
         return print_schedule(config, config.num_devices, workers)
-    if "DMLC_ROLE" not in os.environ:   # a job's workers: their launcher checked for all of them
+    if "DMLC_ROLE" not in os.environ and config.engine == "mxnet":   # a job's workers: their launcher checked
         refuse_what_cannot_fit(config, config.local_workers if distributed else 1)
     if distributed and "DMLC_ROLE" not in os.environ:
         # This process launches the job; the workers it starts run this same command line.
@@ -88,17 +106,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return launch(config, list(sys.argv[1:] if argv is None else argv))
     if config.mode == "io":
         return run_io(config)
-    from .engine.collective import make_group
-    from .engine.devices import make_contexts
+    from .engine.collective import Single, make_group
     from .engine.run import score, train
 
     if config.mode == "val":
-        return score(config, make_contexts(config.device, config.num_devices))
+        return score(config, make_devices(config))
     if config.mode == "inference":
         from .bench.inference import run_inference
-        return run_inference(config, make_contexts(config.device, config.num_devices))
-    group = make_group(config.kv_store)
-    return train(config, make_contexts(config.device, config.num_devices, first_gpu_index(group)), group)
+        return run_inference(config, make_devices(config))
+    group = make_group(config.kv_store) if config.engine == "mxnet" else Single()
+    return train(config, make_devices(config, first_gpu_index(group)), group)
 
 
 def entry() -> None:

@@ -64,10 +64,21 @@ _META_KEYS = ("epoch", "model", "classes", "loss_scaler", "epochs")
 BNSTATS_DEVICES = "bnstats_devices"
 
 
+# The files of a torch engine checkpoint (meta "engine": "torch"): the model's
+# state_dict (device 0's; what users load with torch.load) and the training
+# state (optimizer, GradScaler, RNG), both torch.save files.
+TORCH_FILES = ("weights_pt", "train_pt")
+
+
 def checkpoint_paths(prefix: Path, epoch: int, iteration: int = 0) -> dict:
     base = f"{prefix}-{epoch:04d}" + (f"-{iteration:06d}" if iteration else "")
     return {"params": Path(base + ".params"), "states": Path(base + ".states"), "bnstats": Path(base + ".bnstats"),
-            "meta": Path(base + ".json")}
+            "weights_pt": Path(base + ".pt"), "train_pt": Path(base + ".train.pt"), "meta": Path(base + ".json")}
+
+
+def checkpoint_engine(meta: dict) -> str:
+    """The engine that wrote a checkpoint (checkpoints older than the torch engine are MXNet's)."""
+    return meta.get("engine", "mxnet")
 
 
 def symbol_path(prefix: Path) -> Path:
@@ -96,6 +107,8 @@ def _our_meta(path: Path, epoch: int) -> Optional[dict]:
 def _files_of(prefix: Path, position: Tuple[int, int], meta: dict) -> List[Path]:
     """The files of the checkpoint at ``position`` whose meta is ``meta``, the .json first."""
     files = checkpoint_paths(prefix, *position)
+    if checkpoint_engine(meta) == "torch":
+        return [files[name] for name in ("meta", *TORCH_FILES)]
     names = ["meta", "params", "states"] + (["bnstats"] if meta.get(BNSTATS_DEVICES) else [])
     return [files[name] for name in names]
 
@@ -139,7 +152,7 @@ def foreign_files(prefix: Path) -> List[Path]:
     prefix = Path(prefix)
     if not prefix.parent.is_dir():
         return []
-    pattern = re.compile(rf"^{re.escape(prefix.name)}-(symbol\.json|\d{{4}}(-\d{{6}})?\.(params|states|bnstats|json))$")
+    pattern = re.compile(rf"^{re.escape(prefix.name)}-(symbol\.json|\d{{4}}(-\d{{6}})?\.(params|states|bnstats|json|pt|train\.pt))$")
     ours = {path for files in complete_checkpoints(prefix).values() for path in files}
     if ours:
         ours.add(symbol_path(prefix))
@@ -278,28 +291,56 @@ def _write_states(trainer, path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+class MxnetFiles:
+    """What an MXNet checkpoint writes (write_checkpoint's ``files``)."""
+
+    def __init__(self, net, trainer):
+        self.net, self.trainer = net, trainer
+
+    def write(self, tmp: dict, final: dict, symbol: Path) -> Tuple[List[Tuple[Path, Path]], dict]:
+        moves, devices = _write_temporaries(self.net, self.trainer, tmp, final, symbol)
+        # the .json says the .bnstats belongs to the set
+        return moves, ({BNSTATS_DEVICES: devices} if devices > 1 else {})
+
+    def size(self) -> int:
+        return checkpoint_bytes(self.net, self.trainer)
+
+
 def save_checkpoint(net, trainer, prefix: Path, epoch: int, meta: dict, iteration: int = 0) -> None:
-    """Write the checkpoint of position (epoch, iteration). Every file is
-    written under a temporary name first; the final names appear only after
-    a journal listing them, and the .json comes last. A failure at any step
-    (full disk, I/O error, a signal) removes what this write created, so the
-    folder is as it was before; a write failure raises RunFailure naming the
-    path, the space needed and the space free."""
+    """An MXNet engine's checkpoint of position (epoch, iteration)."""
+    write_checkpoint(MxnetFiles(net, trainer), prefix, epoch, meta, iteration)
+
+
+def temporary_paths(prefix: Path, epoch: int, iteration: int) -> dict:
+    """Where a checkpoint's files are written before their renames."""
+    final = checkpoint_paths(prefix, epoch, iteration)
+    tmp_prefix = partial_path(prefix)
+    tag = epoch * 1_000_000 + iteration   # the number in the temporary .params name
+    tmp = {"symbol": Path(f"{tmp_prefix}-symbol.json"), "params": Path(f"{tmp_prefix}-{tag:04d}.params")}
+    tmp.update({name: Path(str(final[name]) + ".partial") for name in ("states", "bnstats", *TORCH_FILES)})
+    return tmp
+
+
+def write_checkpoint(files, prefix: Path, epoch: int, meta: dict, iteration: int = 0) -> None:
+    """Write the checkpoint of position (epoch, iteration); ``files`` (an
+    engine's: MxnetFiles, or the torch engine's) writes the framework's
+    files under the temporary names. Every file is written under a temporary
+    name first; the final names appear only after a journal listing them, and
+    the .json comes last. A failure at any step (full disk, I/O error, a
+    signal) removes what this write created, so the folder is as it was
+    before; a write failure raises RunFailure naming the path, the space
+    needed and the space free."""
     prefix = Path(prefix)
     final = checkpoint_paths(prefix, epoch, iteration)
     symbol = symbol_path(prefix)
-    tmp_prefix = partial_path(prefix)
-    tag = epoch * 1_000_000 + iteration   # the number in the temporary .params name
-    tmp = {"symbol": Path(f"{tmp_prefix}-symbol.json"), "params": Path(f"{tmp_prefix}-{tag:04d}.params"),
-           "states": Path(str(final["states"]) + ".partial"), "bnstats": Path(str(final["bnstats"]) + ".partial")}
+    tmp = temporary_paths(prefix, epoch, iteration)
     journal = journal_path(prefix)
     if (epoch, iteration) in complete_positions(prefix):
         return   # stopped again where it had stopped: nothing changed since that checkpoint
     created: List[Path] = []
     try:
-        moves, devices = _write_temporaries(net, trainer, tmp, final, symbol)
-        if devices > 1:
-            meta = {**meta, BNSTATS_DEVICES: devices}   # the .json says the .bnstats belongs to the set
+        moves, extra_meta = files.write(tmp, final, symbol)
+        meta = {**meta, **extra_meta}
         write_text_atomic(journal, json.dumps([str(target) for _, target in moves] + [str(final["meta"])]) + "\n")
         for source, target in moves:
             os.replace(source, target)
@@ -313,7 +354,8 @@ def save_checkpoint(net, trainer, prefix: Path, epoch: int, meta: dict, iteratio
         for path in (*created, *tmp.values(), journal):
             path.unlink(missing_ok=True)
         if isinstance(err, Exception) and _is_write_failure(err):
-            raise RunFailure(_disk_full_message(final["params"], checkpoint_bytes(net, trainer), err)) from None
+            target = final[TORCH_FILES[0]] if checkpoint_engine(meta) == "torch" else final["params"]
+            raise RunFailure(_disk_full_message(target, files.size(), err)) from None
         raise
 
 
@@ -356,7 +398,7 @@ def remove_leftovers(prefix: Path) -> List[Path]:
     if not prefix.parent.is_dir():
         return []
     leftovers = [path for pattern in (f".{prefix.name}.partial-*", f"{prefix.name}-*.states.partial",
-                                      f"{prefix.name}-*.bnstats.partial")
+                                      f"{prefix.name}-*.bnstats.partial", f"{prefix.name}-*.pt.partial")
                  for path in prefix.parent.glob(pattern)]
     # the .json of a checkpoint and the journal are written under .NAME.partial-PID (files.write_text_atomic)
     ours = re.compile(rf"^\.({re.escape(prefix.name)}-\d{{4}}(-\d{{6}})?\.json|{re.escape(journal_path(prefix).name)})"

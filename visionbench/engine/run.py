@@ -6,16 +6,17 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ..cli import Interrupted, UsageError
 from ..config import Config, model_name, settle_seed, to_dict
 from ..phases import DataSettings
-from .checkpoint import (checkpoint_paths, complete_epochs, complete_positions, load_checkpoint, load_meta,
+from .checkpoint import (checkpoint_engine, checkpoint_paths, complete_epochs, complete_positions, load_checkpoint, load_meta,
                          load_weights, prune, refuse_foreign_files, remove_leftovers, save_checkpoint)
 from .plan import TrainingPlan, data_folder, format_rows, make_plan
-from .precision import LossScaler, resolve_precision
-from .trainer import (EpochProgress, Run, _loader, build_net, build_trainer, capped_steps, evaluate, train_epoch)
+from .epoch import EpochProgress, capped_steps
+from .precision import resolve_precision
+from .trainer import _loader, build_net, evaluate
 
 
 def _train_images(config: Config, settings: DataSettings) -> int:
@@ -109,6 +110,16 @@ def _exit_status(signum: int) -> int:
     return 130 if signum == signal.SIGINT else 143
 
 
+def check_precision(config: Config) -> None:
+    """The engine's precision rules, once --device is resolved."""
+    if config.engine == "torch":
+        if config.dtype == "float16" and config.device == "cpu":
+            raise UsageError("--engine torch --dtype float16 needs GPUs (float16 autocast on CPUs is slow and "
+                             "unscaled): on CPUs use --dtype bfloat16 or float32")
+        return
+    resolve_precision(config.dtype, config.device, config.loss_scale)
+
+
 def preflight(config: Config) -> None:
     """Everything a training run can refuse before it starts, checked without
     writing anything: precision, the --model-prefix folder, its lock, files
@@ -118,7 +129,7 @@ def preflight(config: Config) -> None:
     bad input once, in the launcher, before any process starts."""
     from ..files import lock_holder, lock_in_use_message
 
-    resolve_precision(config.dtype, config.device, config.loss_scale)
+    check_precision(config)
     if not config.benchmark:
         prefix = Path(config.model_prefix)
         if not prefix.parent.is_dir():
@@ -190,7 +201,6 @@ def _train(config: Config, devices, group, stop: StopRequest) -> int:
 
     rank, num_workers = group.rank, group.size
     say = print if rank == 0 else (lambda *args, **kwargs: None)
-    precision = resolve_precision(config.dtype, config.device, config.loss_scale)
     plan = plan_for(config, len(devices), num_workers)
     prefix = Path(config.model_prefix)
     start_epoch, start_iteration = _resume_position(config, group)
@@ -204,6 +214,10 @@ def _train(config: Config, devices, group, stop: StopRequest) -> int:
         if meta.get("model") != model_name(config) or meta.get("classes") != config.num_classes:
             raise UsageError(f"checkpoint {name} holds {meta.get('model')} with "
                              f"{meta.get('classes')} classes, not {model_name(config)} with {config.num_classes}")
+        if checkpoint_engine(meta) != config.engine:
+            raise UsageError(f"checkpoint {name} was written by the {checkpoint_engine(meta)} engine: resume it "
+                             f"with --engine {checkpoint_engine(meta)} (python -m visionbench.models.convert "
+                             "converts its weights for the other engine)")
         if meta.get("dtype", config.dtype) != config.dtype:
             # float16 and float32 runs keep different optimizer states (master weights)
             raise UsageError(f"checkpoint {name} was trained in {meta['dtype']}: resume it with --dtype "
@@ -222,7 +236,7 @@ def _train(config: Config, devices, group, stop: StopRequest) -> int:
         return 0
     mlperf = _open_mlperf_log(config, rank, resuming)
     try:
-        status = _train_run(config, devices, group, stop, plan, precision, start_epoch, start_iteration, meta, mlperf)
+        status = _train_run(config, devices, group, stop, plan, start_epoch, start_iteration, meta, mlperf)
     finally:
         # An early end (a signal, an error) closes what it left open: "aborted".
         mlperf.finish(ABORTED)
@@ -290,124 +304,182 @@ def _start_mlperf_run(config: Config, mlperf, plan: TrainingPlan, devices_total:
     mlperf.start("run_start")
 
 
-def _train_run(config: Config, devices, group, stop: StopRequest, plan: TrainingPlan, precision, start_epoch: int,
-               start_iteration: int, meta, mlperf) -> int:
-    from ..files import write_text_atomic
-    from ..report.mlperf_log import SUCCESS
-    from ..report.train_report import build_report, dawn_tsv, environment, summarize, write_report
+class _RunRecords:
+    """The epoch records of a run (a resumed run's start with its
+    checkpoint's), the best validation so far, training time, and the
+    epochs timed by --benchmark."""
 
-    rank, num_workers = group.rank, group.size
-    say = print if rank == 0 else (lambda *args, **kwargs: None)
-    prefix = Path(config.model_prefix)
-    net = build_net(config, devices, precision)
-    trainer = build_trainer(config, net, precision, group.kvstore)
-    scaler = LossScaler(precision.loss_scale, precision.dynamic_loss_scale)
-    run = Run(config, devices, precision, net, trainer, plan, scaler, group)
-    records: List[dict] = []
-    progress = EpochProgress()
-    if meta is not None:
-        load_checkpoint(net, trainer, prefix, start_epoch, devices, start_iteration)
-        scaler.restore(meta["loss_scaler"])
-        records = meta["epochs"]
-        if start_iteration:
-            progress = EpochProgress(**meta["progress"])
-    group.prepare_trainer(trainer, net.collect_params())
-    env = environment(config.device, len(devices) * num_workers)
-    config_record = to_dict(config)
-    started = time.time()
-    loaders: Dict = {}
-    validate = config.mode == "train_val"
-    elapsed = records[-1]["elapsed_s"] if records else 0.0
-    best = max((r for r in records if r["val_top1"] is not None), key=lambda r: r["val_top1"], default=None)
-    timed = {"images": 0, "seconds": 0.0, "iterations": 0}   # epochs after the benchmark warm-up
+    def __init__(self, records: List[dict]):
+        self.records = records
+        self.elapsed = records[-1]["elapsed_s"] if records else 0.0
+        self.best = max((r for r in records if r["val_top1"] is not None), key=lambda r: r["val_top1"], default=None)
+        self.timed = {"images": 0, "seconds": 0.0, "iterations": 0}   # epochs after the benchmark warm-up
 
-    def meta_of(epoch: int, **extra) -> dict:
-        return {"epoch": epoch, "model": model_name(config), "classes": config.num_classes,
+    def add_training(self, config: Config, epoch: int, result: dict) -> None:
+        self.elapsed += result["epoch_train_s"]
+        if epoch >= config.benchmark_warmup_epochs:
+            self.timed["images"] += result["images"]
+            self.timed["seconds"] += result["epoch_train_s"]
+            self.timed["iterations"] += result["iterations"]
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+        if record["val_top1"] is not None and (self.best is None or record["val_top1"] > self.best["val_top1"]):
+            self.best = record
+
+
+class _Run:
+    """What one training run holds between epochs: its session (the
+    engine's model, optimizer and step), records, reports and MLPerf log."""
+
+    def __init__(self, config: Config, devices, group, stop: StopRequest, plan: TrainingPlan, meta, mlperf):
+        from ..engines import open_session
+
+        self.config, self.devices, self.group, self.stop, self.plan, self.mlperf = (
+            config, devices, group, stop, plan, mlperf)
+        self.prefix = Path(config.model_prefix)
+        self.say = print if group.rank == 0 else (lambda *args, **kwargs: None)
+        self.session = open_session(config, devices, group, plan)
+        self.history = _RunRecords(meta["epochs"] if meta else [])
+        self.loaders: Dict = {}
+        self.config_record = to_dict(config)
+        self.started = time.time()
+        self.env = None
+
+    def meta_of(self, epoch: int, **extra) -> dict:
+        config = self.config
+        return {"epoch": epoch, "engine": config.engine, "model": model_name(config), "classes": config.num_classes,
                 "layout": config.input_layout, "dtype": config.dtype, "seed": config.seed,
-                "loss_scaler": scaler.state(), "epochs": records, "config": config_record, **extra}
+                **self.session.checkpoint_meta(), "epochs": self.history.records, "config": self.config_record,
+                **extra}
 
-    def write_reports(status: str) -> None:
-        if rank != 0:
+    def write_reports(self, status: str) -> None:
+        from ..files import write_text_atomic
+        from ..report.train_report import build_report, dawn_tsv, environment, summarize, write_report
+
+        config, records = self.config, self.history.records
+        if self.group.rank != 0:
             return
-        summary = summarize(records, started, config.target_top1, config.target_top5)
+        if self.env is None:
+            self.env = environment(config.device, len(self.devices) * self.group.size, config.engine)
+        summary = summarize(records, self.started, config.target_top1, config.target_top5)
         if config.report:
-            write_report(Path(config.report), build_report(config_record, env, records, summary, status))
+            write_report(Path(config.report), build_report(self.config_record, self.env, records, summary, status))
         if config.dawn_tsv:
             write_text_atomic(Path(config.dawn_tsv), "epoch\thours\ttop1Accuracy\ttop5Accuracy\n" + dawn_tsv(records))
 
-    _start_mlperf_run(config, mlperf, plan, len(devices) * num_workers)
-    reached = None
+    def saves(self) -> bool:
+        return self.group.rank == 0 and bool(self.config.save_frequency) and not self.config.benchmark
+
+    def loader(self, split: str, settings: DataSettings):
+        return _loader(self.config, split, settings, self.devices, self.group.rank, self.group.size, self.loaders)
+
+
+def _train_run(config: Config, devices, group, stop: StopRequest, plan: TrainingPlan, start_epoch: int,
+               start_iteration: int, meta, mlperf) -> int:
+    run = _Run(config, devices, group, stop, plan, meta, mlperf)
+    run.session.start(run.prefix, (start_epoch, start_iteration), meta)
+    progress = EpochProgress(**meta["progress"]) if meta is not None and start_iteration else EpochProgress()
+    _start_mlperf_run(config, mlperf, plan, len(devices) * group.size)
     for epoch in range(start_epoch, plan.epochs):
-        settings = plan.settings(epoch)
-        if epoch == start_epoch or (validate and plan.validates(epoch - 1)):
-            # MLPerf's block: the epochs up to the next validation.
-            block_end = plan.next_validation(epoch) if validate else plan.epochs - 1
-            mlperf.start("block_start", first_epoch_num=epoch + 1, epoch_count=block_end - epoch + 1)
-        mlperf.start("epoch_start", epoch_num=epoch + 1)
-        train_loader = _loader(config, "train", settings, devices, rank, num_workers, loaders)
-        result = train_epoch(run, epoch, train_loader, progress=rank == 0,
-                             start=progress if epoch == start_epoch else None, stop=stop)
-        if result["fed"] is not None:
-            _log_samples(Path(config.sample_log), rank, epoch, train_loader, result["fed"])
-        if not result["complete"]:
-            done = result["progress"]
-            saved = "nothing saved (--save-frequency 0)"
-            if rank == 0 and config.save_frequency and not config.benchmark:
-                save_checkpoint(net, trainer, prefix, epoch, meta_of(epoch, iteration=done.iteration,
-                                                                    progress=done.to_dict()), done.iteration)
-                saved = f"saved {checkpoint_paths(prefix, epoch, done.iteration)['meta'].with_suffix('')}"
-            write_reports("interrupted")
-            raise Interrupted(f"stopped by {signal.Signals(stop.requested).name} at epoch {epoch + 1}, iteration "
-                              f"{done.iteration}: {saved}; run the same command again to resume",
-                              _exit_status(stop.requested))
-        mlperf.stop("epoch_start")
-        elapsed += result["epoch_train_s"]
-        if epoch >= config.benchmark_warmup_epochs:
-            timed["images"] += result["images"]
-            timed["seconds"] += result["epoch_train_s"]
-            timed["iterations"] += result["iterations"]
-        record = {"epoch": epoch, "elapsed_s": elapsed, "epoch_train_s": result["epoch_train_s"],
-                  "val_s": None, "train_loss": result["train_loss"], "train_ips": result["train_ips"],
-                  "val_top1": None, "val_top5": None, "val_ips": None, "lr": result["lr"],
-                  "image_size": settings.image_size, "batch_size": settings.batch_size,
-                  "skipped_steps": result["skipped_steps"], "train_images": result["images"], "val_images": None,
-                  "skipped_records": result["skipped_records"]}
-        if validate and plan.validates(epoch):
-            mlperf.stop("block_start")
-            mlperf.start("eval_start", epoch_num=epoch + 1)
-            val_loader = _loader(config, "val", settings, devices, rank, num_workers, loaders)
-            scores = evaluate(net, val_loader, epoch, group)
-            mlperf.stop("eval_start")
-            mlperf.event("eval_accuracy", scores["val_top1"], epoch_num=epoch + 1)
-            if _target_reached(config, [scores]) is not None:
-                mlperf.finish(SUCCESS)   # the timed run ends here: the checkpoint and reports below are not in it
-            record.update({k: scores[k] for k in ("val_top1", "val_top5", "val_ips", "val_s", "val_images")})
-            record["skipped_records"] += scores["skipped_records"]
-        records.append(record)
-        if record["val_top1"] is not None and (best is None or record["val_top1"] > best["val_top1"]):
-            best = record
-        say(_epoch_line(record, plan.epochs), flush=True)
-        reached = _target_reached(config, [record])
-        last = epoch + 1 == plan.epochs or reached is not None
-        # A signal during the epoch's last step or its validation: keep the epoch, then stop.
-        if rank == 0 and config.save_frequency and not config.benchmark and (
-                (epoch + 1) % config.save_frequency == 0 or last or stop.requested):
-            save_checkpoint(net, trainer, prefix, epoch + 1, meta_of(epoch + 1))
-            prune(prefix, config.keep_checkpoints, best["epoch"] + 1 if best else None)
-        write_reports("complete" if last else ("interrupted" if stop.requested else "running"))
-        if reached is not None:
-            say(f"val top-1 {record['val_top1']:.4f} reached --target-top1 {config.target_top1} at epoch "
-                f"{epoch + 1}: stopping ({elapsed:.1f} s of training)", flush=True)
+        record = _train_and_validate(run, epoch, progress if epoch == start_epoch else None,
+                                     first=epoch == start_epoch)
+        if _after_epoch(run, epoch, record):
             break
-        if stop.requested and not last:
-            raise Interrupted(f"stopped by {signal.Signals(stop.requested).name} after epoch {epoch + 1}: "
-                              "run the same command again to resume", _exit_status(stop.requested))
-    if rank == 0:
+    if group.rank == 0:
         from ..report.tables import epoch_table
-        print(epoch_table(records), flush=True)
-    if config.benchmark and rank == 0:
-        _print_benchmark_result(config, timed, len(devices) * num_workers)
+        print(epoch_table(run.history.records), flush=True)
+    if config.benchmark and group.rank == 0:
+        _print_benchmark_result(config, run.history.timed, len(devices) * group.size)
     return 0
+
+
+def _train_and_validate(run: _Run, epoch: int, start: Optional[EpochProgress], first: bool) -> dict:
+    """Epoch ``epoch``'s training (from ``start`` on) and, when the plan
+    says so, its validation: the epoch's record. A signal during training
+    saves the position and raises Interrupted."""
+    from .epoch import run_epoch
+
+    config, plan, mlperf = run.config, run.plan, run.mlperf
+    settings = plan.settings(epoch)
+    validate = config.mode == "train_val"
+    if first or (validate and plan.validates(epoch - 1)):
+        # MLPerf's block: the epochs up to the next validation.
+        block_end = plan.next_validation(epoch) if validate else plan.epochs - 1
+        mlperf.start("block_start", first_epoch_num=epoch + 1, epoch_count=block_end - epoch + 1)
+    mlperf.start("epoch_start", epoch_num=epoch + 1)
+    train_loader = run.loader("train", settings)
+    result = run_epoch(run.session.stepper, config, plan, run.group, epoch, train_loader,
+                       progress=run.group.rank == 0, start=start, stop=run.stop)
+    if result["fed"] is not None:
+        _log_samples(Path(config.sample_log), run.group.rank, epoch, train_loader, result["fed"])
+    if not result["complete"]:
+        _stop_inside_epoch(run, epoch, result["progress"])
+    mlperf.stop("epoch_start")
+    run.history.add_training(config, epoch, result)
+    record = {"epoch": epoch, "elapsed_s": run.history.elapsed, "epoch_train_s": result["epoch_train_s"],
+              "val_s": None, "train_loss": result["train_loss"], "train_ips": result["train_ips"],
+              "val_top1": None, "val_top5": None, "val_ips": None, "lr": result["lr"],
+              "image_size": settings.image_size, "batch_size": settings.batch_size,
+              "skipped_steps": result["skipped_steps"], "train_images": result["images"], "val_images": None,
+              "skipped_records": result["skipped_records"]}
+    if validate and plan.validates(epoch):
+        _validate(run, epoch, settings, record)
+    return record
+
+
+def _validate(run: _Run, epoch: int, settings: DataSettings, record: dict) -> None:
+    """Score the val set into ``record``; MLPerf's eval interval and accuracy."""
+    from ..report.mlperf_log import SUCCESS
+
+    mlperf = run.mlperf
+    mlperf.stop("block_start")
+    mlperf.start("eval_start", epoch_num=epoch + 1)
+    scores = run.session.evaluate(run.loader("val", settings), epoch)
+    mlperf.stop("eval_start")
+    mlperf.event("eval_accuracy", scores["val_top1"], epoch_num=epoch + 1)
+    if _target_reached(run.config, [scores]) is not None:
+        mlperf.finish(SUCCESS)   # the timed run ends here: the checkpoint and reports below are not in it
+    record.update({k: scores[k] for k in ("val_top1", "val_top5", "val_ips", "val_s", "val_images")})
+    record["skipped_records"] += scores["skipped_records"]
+
+
+def _stop_inside_epoch(run: _Run, epoch: int, done: EpochProgress) -> None:
+    """A signal stopped the epoch after ``done.iteration`` steps: save that
+    position (rank 0), write the reports, and raise Interrupted."""
+    stop, prefix = run.stop, run.prefix
+    saved = "nothing saved (--save-frequency 0)"
+    if run.saves():
+        run.session.save(prefix, epoch, run.meta_of(epoch, iteration=done.iteration, progress=done.to_dict()),
+                         done.iteration)
+        saved = f"saved {checkpoint_paths(prefix, epoch, done.iteration)['meta'].with_suffix('')}"
+    run.write_reports("interrupted")
+    raise Interrupted(f"stopped by {signal.Signals(stop.requested).name} at epoch {epoch + 1}, iteration "
+                      f"{done.iteration}: {saved}; run the same command again to resume",
+                      _exit_status(stop.requested))
+
+
+def _after_epoch(run: _Run, epoch: int, record: dict) -> bool:
+    """Record the epoch, checkpoint it, write the reports; True when the run
+    ends here (the target reached). A signal that came during the epoch's
+    last step or its validation keeps the epoch, then raises Interrupted."""
+    config, stop, history = run.config, run.stop, run.history
+    history.add(record)
+    run.say(_epoch_line(record, run.plan.epochs), flush=True)
+    reached = _target_reached(config, [record])
+    last = epoch + 1 == run.plan.epochs or reached is not None
+    if run.saves() and ((epoch + 1) % config.save_frequency == 0 or last or stop.requested):
+        run.session.save(run.prefix, epoch + 1, run.meta_of(epoch + 1))
+        prune(run.prefix, config.keep_checkpoints, history.best["epoch"] + 1 if history.best else None)
+    run.write_reports("complete" if last else ("interrupted" if stop.requested else "running"))
+    if reached is not None:
+        run.say(f"val top-1 {record['val_top1']:.4f} reached --target-top1 {config.target_top1} at epoch "
+                f"{epoch + 1}: stopping ({history.elapsed:.1f} s of training)", flush=True)
+        return True
+    if stop.requested and not last:
+        raise Interrupted(f"stopped by {signal.Signals(stop.requested).name} after epoch {epoch + 1}: "
+                          "run the same command again to resume", _exit_status(stop.requested))
+    return False
 
 
 def _print_benchmark_result(config: Config, timed: dict, devices_total: int) -> None:
@@ -443,9 +515,9 @@ def _log_samples(folder: Path, rank: int, epoch: int, loader, fed: dict) -> None
         "labels": [label for step in received for label in step]}) + "\n")
 
 
-def score(config: Config, devices) -> int:
-    """--mode val: top-1/top-5 and img/s of a checkpoint on the val set."""
-    precision = resolve_precision(config.dtype, config.device, config.loss_scale)
+def _checkpoint_to_score(config: Config) -> int:
+    """The epoch --mode val scores (--load-epoch, or the newest), checked
+    against the model and engine asked for."""
     prefix = Path(config.model_prefix)
     done = complete_epochs(prefix)
     epoch = config.load_epoch if config.load_epoch is not None else (done[-1] if done else None)
@@ -455,13 +527,30 @@ def score(config: Config, devices) -> int:
     if meta.get("model") != model_name(config) or meta.get("classes") != config.num_classes:
         raise UsageError(f"checkpoint {prefix}-{epoch:04d} holds {meta.get('model')} with {meta.get('classes')} "
                          f"classes, not {model_name(config)} with {config.num_classes} (set --arch/--num-layers/--num-classes)")
-    net = build_net(config, devices, precision)
+    if checkpoint_engine(meta) != config.engine:
+        raise UsageError(f"checkpoint {prefix}-{epoch:04d} was written by the {checkpoint_engine(meta)} engine: "
+                         f"score it with --engine {checkpoint_engine(meta)}, or convert its weights with "
+                         "python -m visionbench.models.convert")
+    return epoch
+
+
+def score(config: Config, devices) -> int:
+    """--mode val: top-1/top-5 and img/s of a checkpoint on the val set."""
     from .plan import base_data_settings
+
+    prefix = Path(config.model_prefix)
+    epoch = _checkpoint_to_score(config)
     settings = base_data_settings(config)
-    load_weights(net, prefix, epoch, devices, cast=True)   # a float16 GPU checkpoint scores on a CPU too
     loader = _loader(config, "val", settings, devices, 0, 1, {})
-    scores = evaluate(net, loader)
     name = f"{prefix}-{epoch:04d}"
+    if config.engine == "torch":
+        from ..engines.torch.session import score_checkpoint
+        print(f"{name}: {_scores_text(score_checkpoint(config, devices, prefix, epoch, loader))}", flush=True)
+        return 0
+    precision = resolve_precision(config.dtype, config.device, config.loss_scale)
+    net = build_net(config, devices, precision)
+    load_weights(net, prefix, epoch, devices, cast=True)   # a float16 GPU checkpoint scores on a CPU too
+    scores = evaluate(net, loader)
     if config.dtype != "int8":
         print(f"{name}: {_scores_text(scores)}", flush=True)
         return 0

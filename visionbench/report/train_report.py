@@ -18,9 +18,10 @@ from .schema import validate_report
 SCHEMA_VERSION = 1
 
 
-def environment(device_kind: str, device_count: int) -> dict:
-    import mxnet as mx
+def environment(device_kind: str, device_count: int, engine: str = "mxnet") -> dict:
     import numpy as np
+
+    from ..engines import framework_versions
 
     try:
         import nvidia.dali as dali
@@ -32,7 +33,7 @@ def environment(device_kind: str, device_count: int) -> dict:
                                 cwd=Path(__file__).resolve().parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"python": platform.python_version(), "mxnet": mx.__version__, "dali": dali_version,
+    return {"python": platform.python_version(), **framework_versions(engine), "dali": dali_version,
             "numpy": np.__version__, "device_kind": device_kind, "device_count": device_count,
             "cpu_count": os.cpu_count(), "git_commit": commit, "hostname": platform.node()}
 

@@ -1,0 +1,188 @@
+"""The torch engine (--engine torch) on the run loop every engine shares:
+it learns, reports, scores its checkpoints, stops on SIGTERM and resumes
+bit for bit, survives kill -9 anywhere, never touches files that are not
+its own, refuses what it does not run with one line, and runs where
+``import mxnet`` fails (and the MXNet engine where ``import torch`` fails)."""
+import json
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, Job, one_line_error, run_runner, runner_env, write_palette_sets
+from visionbench.engine import checkpoint
+from visionbench.report.schema import validate_report
+
+
+def _args(prefix, *extra):
+    # ResNet18 at 16 px on synthetic data: 24 steps of 8 images an epoch, a fraction of a second each.
+    return ["--engine", "torch", "--device", "cpu", "-n", "1", "-b", "8", "--data-backend", "synthetic",
+            "--num-examples", "192", "--image-size", "16", "--num-layers", "18", "--num-classes", "10",
+            "--lr", "0.2", "--warmup-epochs", "0", "--lr-schedule", "cosine", "--mode", "train",
+            "--model-prefix", prefix, "--seed", "7", *extra]
+
+
+def _weights(prefix, epoch):
+    return torch.load(f"{prefix}-{epoch:04d}.pt", weights_only=True)
+
+
+def _assert_same_weights(prefix, reference, epoch):
+    """The model's state_dict (weights and BatchNorm statistics), bit for bit."""
+    found, expected = _weights(prefix, epoch), _weights(reference, epoch)
+    assert found.keys() == expected.keys() and len(found) > 0
+    for name, tensor in expected.items():
+        assert torch.equal(found[name], tensor), name
+
+
+def _resumed_from(out):
+    found = re.search(r"resuming from \S+-(\d{4})(-(\d{6}))? ", out)
+    return (int(found[1]), int(found[3] or 0)) if found else None
+
+
+@pytest.fixture(scope="module")
+def palette(tmp_path_factory):
+    return write_palette_sets(tmp_path_factory.mktemp("torch") / "palette", 160, 100)
+
+
+def test_the_torch_engine_learns_reports_and_its_checkpoint_scores_as_its_last_validation(palette, tmp_path):
+    prefix, report = tmp_path / "m", tmp_path / "r.json"
+    args = ("--engine", "torch", "--device", "cpu", "-n", "1", "-b", "16", "--data-root", palette,
+            "--image-size", "32", "--num-layers", "18", "--num-classes", "10", "--lr", "0.1", "-e", "4",
+            "--warmup-epochs", "0", "--lr-schedule", "cosine", "--label-smoothing", "0.1", "--no-bn-wd")
+    result = run_runner(*args, "--model-prefix", prefix, "--report", report)
+    assert result.returncode == 0, result.stderr
+    written = json.loads(report.read_text())
+    validate_report(written, "train_report")
+    assert written["environment"]["engine"] == "torch"
+    assert written["environment"]["torch"] == torch.__version__ and written["environment"]["mxnet"] is None
+    epochs = written["epochs"]
+    assert epochs[-1]["train_loss"] < 0.7 * epochs[0]["train_loss"]   # label smoothing 0.1: the floor is ~0.5
+    assert epochs[-1]["val_top1"] >= 0.7   # ten colours; 5% of val is mislabelled (write_palette_sets)
+    assert sorted(p.name for p in tmp_path.glob("m-0004*")) == ["m-0004.json", "m-0004.pt", "m-0004.train.pt"]
+    assert json.loads((tmp_path / "m-0004.json").read_text())["engine"] == "torch"
+    scored = run_runner(*args, "--model-prefix", prefix, "--mode", "val")
+    assert scored.returncode == 0, scored.stderr
+    assert f"val top-1 {epochs[-1]['val_top1']:.4f} top-5 {epochs[-1]['val_top5']:.4f} over 100 images" \
+        in scored.stdout
+
+
+def test_sigterm_mid_epoch_resumes_bit_for_bit(tmp_path):
+    prefix, report = tmp_path / "m", tmp_path / "r.json"
+    args = _args(prefix, "-e", "3", "--report", report, "--disp-batches", "6")
+    job = Job(args)
+    job.wait_for_line(r"^epoch 2/3 batch 6/")
+    status, out, err = job.kill(signal.SIGTERM)
+    assert status == 143, err
+    line = one_line_error(subprocess.CompletedProcess([], 143, out, err))
+    assert "stopped by SIGTERM at epoch 2, iteration" in line
+    iteration = int(re.search(r"iteration (\d+)", line)[1])
+    assert 6 <= iteration < 24 and checkpoint.complete_positions(prefix)[-1] == (1, iteration)
+    assert json.loads(report.read_text())["status"] == "interrupted"
+    resumed = run_runner(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _resumed_from(resumed.stdout) == (1, iteration)
+    whole = tmp_path / "whole" / "m"
+    whole.parent.mkdir()
+    assert run_runner(*_args(whole, "-e", "3")).returncode == 0
+    _assert_same_weights(prefix, whole, 3)
+    final = json.loads(report.read_text())
+    assert final["status"] == "complete" and final["epochs"][1]["train_images"] == 192
+    assert all(iteration == 0 for _, iteration in checkpoint.complete_positions(prefix))
+
+
+def test_kill_9_at_four_points_then_resume_equals_uninterrupted(tmp_path):
+    whole = tmp_path / "whole" / "m"
+    whole.parent.mkdir()
+    assert run_runner(*_args(whole, "-e", "3")).returncode == 0
+    prefix = tmp_path / "cut" / "m"
+    prefix.parent.mkdir()
+    args = _args(prefix, "-e", "3", "--disp-batches", "4")
+    events = [("epoch 1, no checkpoint yet", lambda job: job.wait_for_line(r"^epoch 1/3 batch 8/")),
+              ("right after a checkpoint", lambda job: job.wait_for_file(prefix.parent, "m-0001.json")),
+              ("mid-epoch 2", lambda job: job.wait_for_line(r"^epoch 2/3 batch 12/")),
+              ("during a checkpoint write", lambda job: (job.wait_for_line("^resuming from"),
+                                                         job.wait_for_file(prefix.parent, "m-0002.pt.partial")))]
+    for what, event in events:
+        before = checkpoint.complete_positions(prefix)
+        job = Job(args)
+        event(job)
+        _, out, err = job.kill()
+        assert job.process.returncode == -signal.SIGKILL, (what, err)
+        assert _resumed_from(out) == (before[-1] if before else None), (what, out)
+        assert checkpoint.foreign_files(prefix) == [], what
+    final = run_runner(*args)
+    assert final.returncode == 0, final.stderr
+    _assert_same_weights(prefix, whole, 3)
+    assert not list(prefix.parent.glob("*partial*")) and not list(prefix.parent.glob(".*partial*"))
+
+
+def test_files_that_are_not_its_checkpoints_are_refused_and_left_alone(tmp_path):
+    foreign = tmp_path / "m-0001.pt"
+    foreign.write_bytes(b"someone else's weights")
+    result = run_runner(*_args(tmp_path / "m", "-e", "1"))
+    assert result.returncode == 2
+    assert "m-0001.pt look like checkpoints but are not complete ones" in one_line_error(result)
+    assert foreign.read_bytes() == b"someone else's weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-0001.pt"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("-n", "2"), "--engine torch: -n 2: the torch engine trains on one device per process"),
+    (("--data-backend", "mxnet"), "--engine torch: --data-backend mxnet is MXNet's ImageRecordIter"),
+    (("--kv-store", "dist_sync"), "--engine torch: --kv-store dist_sync is MXNet's"),
+    (("--dtype", "float16"), "--engine torch --dtype float16 needs GPUs"),
+    (("--mode", "inference"), "--engine torch: --mode inference measures MXNet graphs"),
+], ids=["devices", "mxnet backend", "dist kvstore", "float16 on cpu", "inference"])
+def test_what_the_torch_engine_does_not_run_is_refused_with_one_line(tmp_path, flags, message):
+    result = run_runner(*_args(tmp_path / "m", "-e", "2", *flags))
+    assert result.returncode == 2, result.stderr
+    assert message in one_line_error(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_mxnet_engine_refuses_torch_only_flags_and_checkpoints_stay_with_their_engine(tmp_path):
+    mxnet_args = [a for a in _args(tmp_path / "m", "-e", "1") if a not in ("--engine", "torch")]
+    for flags, message in ((("--dtype", "bfloat16"), "--dtype bfloat16 runs on --engine torch"),
+                           (("--compile",), "--compile is torch.compile: use it with --engine torch")):
+        result = run_runner(*mxnet_args, *flags)
+        assert result.returncode == 2 and message in one_line_error(result)
+    assert run_runner(*mxnet_args).returncode == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_runner(*_args(tmp_path / "m", "-e", "2"))
+    assert result.returncode == 2
+    assert "was written by the mxnet engine: resume it with --engine mxnet" in one_line_error(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def _blocking(tmp_path, module):
+    """An environment whose interpreter cannot import ``module`` (a
+    sitecustomize on PYTHONPATH puts None in sys.modules: ImportError)."""
+    folder = tmp_path / f"no-{module}"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(f"import sys\nsys.modules[{module!r}] = None\n")
+    env = runner_env()
+    env["PYTHONPATH"] = str(folder)
+    return env
+
+
+@pytest.mark.parametrize("engine, blocked", [("torch", "mxnet"), ("mxnet", "torch")])
+def test_each_engine_trains_where_the_other_framework_cannot_be_imported(palette, tmp_path, engine, blocked):
+    env = _blocking(tmp_path, blocked)
+    probe = subprocess.run([sys.executable, "-c", f"import {blocked}"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0 and f"import of {blocked} halted" in probe.stderr
+    result = subprocess.run(["bash", str(ROOT / "runner"), "--engine", engine, "--device", "cpu", "-b", "16",
+                             "--data-root", str(palette), "--image-size", "16", "--num-layers", "18",
+                             "--num-classes", "10", "-e", "1", "-i", "3", "--model-prefix", str(tmp_path / "m")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1/1" in result.stdout
+    other = "mxnet" if engine == "torch" else "torch"   # the engine whose framework is missing: one line
+    refused = subprocess.run(["bash", str(ROOT / "runner"), "--engine", other, "--device", "cpu", "--data-root",
+                              str(palette), "--model-prefix", str(tmp_path / "other")],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert f"--engine {other}: {'MXNet' if other == 'mxnet' else 'PyTorch'} cannot be imported" \
+        in one_line_error(refused)
