@@ -68,6 +68,8 @@ bench: $(STAMP)
 	$(PY) -m visionbench.bench.int8_variants --batch-size 16 --repeats 5 > $(BENCH_DIR)/3-int8-variants.md && cat $(BENCH_DIR)/3-int8-variants.md
 	$(PY) -m visionbench.bench.prep_workers --images 3000 --repeats 5 > $(BENCH_DIR)/4-data-prep-workers.md && cat $(BENCH_DIR)/4-data-prep-workers.md
 	$(PY) -m visionbench.bench.optimizer_step --num-layers 18 --image-size 32 -b 32 --steps 10 --repeats 7 > $(BENCH_DIR)/6-lars-vs-sgd-step.md && cat $(BENCH_DIR)/6-lars-vs-sgd-step.md
+	$(PY) -m visionbench.bench.engines_compare --num-layers 50 --image-size 128 -b 16 --steps 6 --repeats 5 > $(BENCH_DIR)/7-two-engines-training.md && cat $(BENCH_DIR)/7-two-engines-training.md
+	$(PY) -m visionbench.bench.inference_compare --image-size 224 --batch-sizes 1,16 --repeats 5 --int8 --pytorch > $(BENCH_DIR)/7-two-engines-inference.md && cat $(BENCH_DIR)/7-two-engines-inference.md
 
 clean-demo:
 	rm -rf $(DEMO_DIR) $(RUN_DIR)

@@ -10,11 +10,11 @@ weights):
 - ``MXNet INT8`` (``--int8``): what ``--dtype int8`` runs, the model quantized
   by engine/quantize.py after calibrating on ``--calib-images`` random images.
 
-PyTorch candidates (``--pytorch``; ResNet50 v1.5 only, from the optional
-``bench`` extra): bench/torch_resnet.py in eval mode under
-``torch.inference_mode``, channels_last, in float32 and under bfloat16 autocast.
-Its weights are PyTorch's own initialisation: the speed of these dense
-kernels does not depend on the values.
+PyTorch candidates (``--pytorch``): the torch engine's model of the same
+name (engines/torch/models.py) in eval mode under ``torch.inference_mode``,
+channels_last, in float32 and under bfloat16 autocast (what ``--engine
+torch`` runs). Its weights are drawn by PyTorch from the same seed: the
+speed of these dense kernels does not depend on the values.
 
 For each batch size every candidate runs in rotation ``--repeats`` times; a
 run is ``--warmup`` untimed then ``--steps`` timed forward passes of one fixed
@@ -77,11 +77,13 @@ def torch_candidates(config, batch_size: int, steps: int, warmup: int) -> Dict[s
         import torch
     except ImportError:
         raise UsageError("--pytorch: PyTorch is not installed here; `make install` installs it "
-                         "(or: .venv/bin/python -m pip install -e '.[cpu,test,bench]')")
-    from .torch_resnet import resnet50_v15
+                         "(pyproject.toml pins torch)")
+    from ..config import model_name
+    from ..engines.torch.models import get_torch_model
 
     torch.manual_seed(config.seed)
-    model = resnet50_v15(config.num_classes).eval().to(memory_format=torch.channels_last)
+    model = get_torch_model(model_name(config), classes=config.num_classes, init_bn0=False, channels_last=True)
+    model = model.eval().to(memory_format=torch.channels_last)
     batch = torch.rand(batch_size, 3, config.image_size, config.image_size).to(memory_format=torch.channels_last)
 
     def timed(bfloat16: bool):
@@ -133,12 +135,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--calib-images", type=positive_int, default=32, help="--int8: random images to calibrate on")
     parser.add_argument("--calib-mode", default="naive", choices=("naive", "entropy"))
     parser.add_argument("--pytorch", action="store_true",
-                        help="add PyTorch float32 and bfloat16 (ResNet50 v1.5)")
+                        help="add PyTorch float32 and bfloat16 (the torch engine's model)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="threads of both frameworks (default: OMP_NUM_THREADS, else the cores)")
     args = parser.parse_args(argv)
-    if args.pytorch and args.num_layers != 50:
-        raise UsageError(f"--pytorch compares ResNet50 v1.5 (bench/torch_resnet.py); got --num-layers {args.num_layers}")
     threads = args.threads or int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
     # MXNet's oneDNN kernels read OMP_NUM_THREADS when its engine starts: set it before the first import.
     os.environ["OMP_NUM_THREADS"] = str(threads)
