@@ -173,12 +173,16 @@ def test_each_engine_trains_where_the_other_framework_cannot_be_imported(palette
     env = _blocking(tmp_path, blocked)
     probe = subprocess.run([sys.executable, "-c", f"import {blocked}"], env=env, capture_output=True, text=True)
     assert probe.returncode != 0 and f"import of {blocked} halted" in probe.stderr
+    # The torch engine in its other modes too: bfloat16 autocast and channels_last.
+    extra = ["--dtype", "bfloat16", "--input-layout", "NHWC"] if engine == "torch" else []
     result = subprocess.run(["bash", str(ROOT / "runner"), "--engine", engine, "--device", "cpu", "-b", "16",
                              "--data-root", str(palette), "--image-size", "16", "--num-layers", "18",
-                             "--num-classes", "10", "-e", "1", "-i", "3", "--model-prefix", str(tmp_path / "m")],
+                             "--num-classes", "10", "-e", "1", "-i", "3", "--model-prefix", str(tmp_path / "m"),
+                             "--report", str(tmp_path / "r.json"), *extra],
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "epoch 1/1" in result.stdout
+    [epoch] = json.loads((tmp_path / "r.json").read_text())["epochs"]
+    assert epoch["train_images"] == 48 and 0 < epoch["train_loss"] < 10 and epoch["val_top1"] is not None
     other = "mxnet" if engine == "torch" else "torch"   # the engine whose framework is missing: one line
     refused = subprocess.run(["bash", str(ROOT / "runner"), "--engine", other, "--device", "cpu", "--data-root",
                               str(palette), "--model-prefix", str(tmp_path / "other")],
@@ -186,3 +190,37 @@ def test_each_engine_trains_where_the_other_framework_cannot_be_imported(palette
     assert refused.returncode == 2
     assert f"--engine {other}: {'MXNet' if other == 'mxnet' else 'PyTorch'} cannot be imported" \
         in one_line_error(refused)
+
+
+def _session(**overrides):
+    from visionbench.config import Config
+    from visionbench.engine.collective import Single
+    from visionbench.engines.torch.session import TorchSession
+
+    config = Config(engine="torch", device="cpu", num_layers=18, num_classes=10, image_size=16, batch_size=4,
+                    data_backend="synthetic", **overrides)
+    return TorchSession(config, [torch.device("cpu")], Single(), plan=None)
+
+
+def test_bfloat16_runs_the_model_under_autocast_on_float32_weights():
+    session = _session(dtype="bfloat16")
+    seen = []
+    session.model.fc.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    before = {name: p.detach().clone() for name, p in session.model.named_parameters()}
+    session.stepper.begin(4)
+    session.stepper.step([(torch.rand(4, 3, 16, 16), torch.arange(4.0), 0)], 0.1, 0.9, 0, 0)
+    assert seen == [torch.bfloat16]
+    assert all(p.dtype == torch.float32 for p in session.model.parameters())
+    assert not torch.equal(before["conv1.weight"], session.model.conv1.weight)   # the step updated it
+
+
+def test_a_non_finite_float32_loss_stops_the_epoch_naming_the_step():
+    from visionbench.cli import RunFailure
+
+    session = _session()
+    session.stepper.begin(4)
+    data = torch.rand(4, 3, 16, 16)
+    session.stepper.step([(data, torch.arange(4.0), 0)], 0.1, 0.9, 0, 0)
+    session.stepper.step([(data * float("nan"), torch.arange(4.0), 0)], 0.1, 0.9, 0, 1)
+    with pytest.raises(RunFailure, match=r"not finite \(NaN or Inf\) at epoch 1, iteration 1"):
+        session.stepper.finish()
