@@ -1,11 +1,18 @@
-"""benchmark.py: sweep device counts x batch sizes x dtypes, one ``./runner``
-subprocess per point, into a validated JSON report, Markdown tables and a plot.
+"""benchmark.py: sweep device counts x batch sizes x dtypes x engines, one
+``./runner`` subprocess per point, into a validated JSON report, Markdown
+tables and a plot.
 
 Each point runs in its own process (a crash, an out-of-memory or a hang
 costs that point only, and nothing leaks between points), under a timeout,
 in its own process group so that a timed-out point is killed with every
 thread and child it started. The report is rewritten after every point, so
 an interrupted sweep keeps the points it finished.
+
+Engines (``--engine mxnet,torch``) are the innermost axis: each engine runs a
+point right after the other, so an interrupted sweep still holds pairs to
+compare. A point an engine refuses (the torch engine: -n 2, inference, int8)
+is run like any other and fails in a fraction of a second with the runner's
+one-line reason: an error record, and the sweep goes on.
 """
 from __future__ import annotations
 
@@ -17,9 +24,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from ..cli import ArgumentParser, UsageError
+from ..config import ENGINES
 from .timing import find_result
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +40,7 @@ OWN_FLAGS = {"--mode", "--benchmark", "--benchmark-warmup-epochs", "--report", "
 # float16 Tensor Core convolutions run in; float32: NCHW), so sweep figures are those of the
 # recipes. A --input-layout among the runner flags overrides it for every point.
 RECIPE_LAYOUT = {"float16": "NHWC", "float32": "NCHW", "int8": "NCHW"}
+FRAMEWORKS = {"mxnet": "MXNet", "torch": "PyTorch"}
 KILL_GRACE_S = 10   # seconds between SIGTERM and SIGKILL of a timed-out point
 ERROR_CHARS = 500   # longest error message kept per point
 
@@ -54,11 +63,19 @@ def dtype_list(text: str) -> List[str]:
     return list(dict.fromkeys(values))
 
 
+def engine_list(text: str) -> List[str]:
+    """The engines to sweep, mxnet first (the reference of the torch/mxnet ratios)."""
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values or any(v not in ENGINES for v in values):
+        raise argparse.ArgumentTypeError(f"expected mxnet and/or torch separated by commas, got {text!r}")
+    return [engine for engine in ENGINES if engine in values]
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="benchmark.py", allow_abbrev=False,
-        description="Sweep device counts, batch sizes and precisions through ./runner; any flag not listed "
-                    "here is passed to every point's ./runner command.")
+        description="Sweep device counts, batch sizes, precisions and engines (MXNet, PyTorch) through ./runner; "
+                    "any flag not listed here is passed to every point's ./runner command.")
     parser.add_argument("-n", "--ngpus", type=int_list, required=True, metavar="LIST",
                         help="device counts, e.g. 1,4,8 (GPUs, or CPU contexts with --device cpu)")
     parser.add_argument("-b", "--batch-size", type=int_list, required=True, metavar="LIST",
@@ -66,6 +83,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--dtype", type=dtype_list, metavar="LIST",
                         help="float16,float32 (GPUs), float32,int8 (CPUs; int8 with --only-inference) "
                              "(default: float16,float32 on GPUs, float32 on CPUs)")
+    parser.add_argument("--engine", type=engine_list, default=["mxnet"], metavar="LIST",
+                        help="mxnet, torch or mxnet,torch: every point runs once per engine (--engine E on its "
+                             "runner command), and the tables put the engines side by side with a torch/mxnet "
+                             "ratio; a point an engine refuses (torch: -n above 1, --only-inference, int8) is "
+                             "recorded as failed with the reason (default mxnet)")
     parser.add_argument("-i", "--iterations", type=int, default=100, metavar="I", help="steps per epoch (default 100)")
     parser.add_argument("-e", "--num-epochs", type=int, default=2, metavar="E", help="epochs per point (default 2)")
     parser.add_argument("-w", "--warmup-epochs", type=int, default=1, metavar="W",
@@ -123,26 +145,42 @@ def check_args(args, extra: Sequence[str]) -> None:
                 raise UsageError(f"{path} already exists; choose another -o or pass --overwrite")
 
 
-def resolve_device(args) -> str:
-    """The device of the sweep; refuses what this machine cannot do."""
-    import mxnet as mx
+def gpus_seen(engine: str) -> int:
+    """How many GPUs the engine's framework sees; UsageError when it cannot be imported."""
+    try:
+        if engine == "torch":
+            import torch
+            return torch.cuda.device_count()
+        import mxnet as mx
+        return mx.context.num_gpus()
+    except ImportError:
+        raise UsageError(f"--engine {engine}: {FRAMEWORKS[engine]} cannot be imported in {sys.executable} "
+                         "(`make install` installs both engines' frameworks)")
 
-    gpus = mx.context.num_gpus()
+
+def resolve_device(args) -> str:
+    """The device of the sweep; refuses what this machine cannot do with any of the sweep's engines."""
     device = args.device or "gpu"
-    if device == "gpu" and gpus == 0:
-        raise UsageError("MXNet sees no GPU (CPU build of mxnet, or no CUDA driver); benchmark this "
-                         "machine's CPU with --device cpu (float32, and int8 with --only-inference)")
-    if device == "gpu" and max(args.ngpus) > gpus:
-        raise UsageError(f"-n {max(args.ngpus)} asks for more GPUs than MXNet sees ({gpus})")
-    if device == "gpu":
+    for engine in args.engine:
+        gpus = gpus_seen(engine)
+        if device == "gpu" and gpus == 0:
+            raise UsageError(f"{FRAMEWORKS[engine]} sees no GPU (CPU build of {engine}, or no CUDA driver); "
+                             "benchmark this machine's CPU with --device cpu (float32, and int8 with "
+                             "--only-inference)")
+        if device == "gpu" and max(args.ngpus) > gpus:
+            raise UsageError(f"-n {max(args.ngpus)} asks for more GPUs than {FRAMEWORKS[engine]} sees ({gpus})")
+    if device == "gpu" and args.engine == ["mxnet"]:
+        # GPU-ONLY: once for the sweep, not once per point. Beside torch, the mxnet points
+        # on a GPU MXNet cannot run fail one by one with this reason, and torch's still run.
         from ..engine.gpus import refuse_unsupported_gpus
-        refuse_unsupported_gpus()   # GPU-ONLY: once for the sweep, not once per point
+        refuse_unsupported_gpus()
     return device
 
 
-def point_argv(args, device: str, ngpus: int, batch: int, dtype: str, extra: Sequence[str]) -> List[str]:
+def point_argv(args, device: str, ngpus: int, batch: int, dtype: str, extra: Sequence[str],
+               engine: str = "mxnet") -> List[str]:
     """The runner flags of one point (without the runner itself)."""
-    argv = ["--mode", "inference" if args.only_inference else "train"]
+    argv = ["--engine", engine, "--mode", "inference" if args.only_inference else "train"]
     if not args.only_inference:
         argv.append("--benchmark")
     argv += ["--device", device, "-n", str(ngpus), "-b", str(batch), "--dtype", dtype,
@@ -159,6 +197,44 @@ def point_argv(args, device: str, ngpus: int, batch: int, dtype: str, extra: Seq
     if args.num_examples is not None:
         argv += ["--num-examples", str(args.num_examples)]
     return argv + list(extra)
+
+
+Point = Tuple[int, int, str, str]   # (devices, batch per device, dtype, engine)
+
+
+def refusal_of(args, device: str, point: Point, extra: Sequence[str]) -> Optional[str]:
+    """None when the point's engine takes its flags; its one-line refusal
+    when another engine would take them (the point then fails on its own,
+    an error record). Flags that no engine takes raise UsageError: the sweep
+    stops before any point runs."""
+    from ..config import resolve
+
+    ngpus, batch, dtype, engine = point
+    prog = "benchmark.py (runner flags)"
+    try:
+        resolve(point_argv(args, device, ngpus, batch, dtype, extra, engine), prog=prog)
+        return None
+    except UsageError as refusal:
+        for other in ENGINES:
+            if other == engine:
+                continue
+            try:
+                resolve(point_argv(args, device, ngpus, batch, dtype, extra, other), prog=prog)
+            except UsageError:
+                continue
+            return str(refusal)
+        raise
+
+
+def sweep_points(args, device: str, dtypes: Sequence[str], extra: Sequence[str]) -> List[Point]:
+    """Every point, engines innermost; every point's flags are checked before
+    the first one runs, and a sweep whose every point is refused stops here."""
+    points = [(n, b, dtype, engine) for dtype in dtypes for n in args.ngpus for b in args.batch_size
+              for engine in args.engine]
+    refusals = [refusal_of(args, device, point, extra) for point in points]
+    if all(refusals):
+        raise UsageError(f"{refusals[0]}; no point of the sweep would run")
+    return points
 
 
 def _last_line(text: str) -> Optional[str]:
@@ -206,9 +282,10 @@ def run_point(command: List[str], timeout: float) -> dict:
     return {"status": "error", "error": error, "wall_s": wall}
 
 
-def record_of(ngpus: int, batch: int, dtype: str, command: List[str], outcome: dict) -> dict:
+def record_of(point: Point, command: List[str], outcome: dict) -> dict:
+    ngpus, batch, dtype, engine = point
     latency = outcome.get("latency_ms")
-    return {"ngpus": ngpus, "batch_size": batch, "dtype": dtype, "status": outcome["status"],
+    return {"ngpus": ngpus, "batch_size": batch, "dtype": dtype, "engine": engine, "status": outcome["status"],
             "error": outcome["error"], "ips": outcome.get("ips"), "latency_ms": latency,
             "weak_scaling": None, "speedup_vs_float32": None, "timed_images": outcome.get("timed_images"),
             "timed_iterations": outcome.get("timed_iterations"), "timed_s": outcome.get("timed_s"),
@@ -218,7 +295,6 @@ def record_of(ngpus: int, batch: int, dtype: str, command: List[str], outcome: d
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from tqdm import tqdm
 
-    from ..config import resolve
     from ..report.benchmark_report import build_report, write_outputs, write_report
     from ..report.train_report import environment
 
@@ -226,22 +302,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = resolve_device(args)   # first: a machine without GPUs hears that before anything else
     check_args(args, extra)
     dtypes = args.dtype or (["float16", "float32"] if device == "gpu" else ["float32"])
-    points = [(n, b, dtype) for dtype in dtypes for n in args.ngpus for b in args.batch_size]
-    for n, b, dtype in points:   # every point's flags are valid before the first one runs
-        resolve(point_argv(args, device, n, b, dtype, extra), prog="benchmark.py (runner flags)")
+    points = sweep_points(args, device, dtypes, extra)
     mode = "inference" if args.only_inference else "train"
     config = {**{k: v for k, v in vars(args).items() if k != "overwrite"}, "dtype": dtypes, "device": device,
               "runner_flags": list(extra)}
-    env = environment(device, max(args.ngpus))
+    env = environment(device, max(args.ngpus), args.engine)
     outputs = outputs_of(Path(args.output))
     records: List[dict] = []
     bar = tqdm(points, desc="benchmark", unit="point", file=sys.stderr, disable=None)
-    for n, b, dtype in bar:
-        command = [str(RUNNER)] + point_argv(args, device, n, b, dtype, extra)
-        record = record_of(n, b, dtype, command, run_point(command, args.timeout))
+    for point in bar:
+        n, b, dtype, engine = point
+        command = [str(RUNNER)] + point_argv(args, device, n, b, dtype, extra, engine)
+        record = record_of(point, command, run_point(command, args.timeout))
         records.append(record)
         figure = f"{record['ips']:.1f} img/s" if record["status"] == "ok" else f"{record['status']}: {record['error']}"
-        bar.write(f"n {n} batch {b} {dtype}: {figure}", file=sys.stderr)
+        bar.write(f"n {n} batch {b} {dtype} {engine}: {figure}", file=sys.stderr)
         write_report(outputs["json"], build_report(mode, config, env, records, "running"))
     report = build_report(mode, config, env, records, "complete")
     write_report(outputs["json"], report)

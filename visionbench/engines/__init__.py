@@ -14,6 +14,8 @@ The run loop (engine/run.py, engine/epoch.py) talks to a session:
 """
 from __future__ import annotations
 
+from typing import Sequence, Union
+
 
 def open_session(config, devices, group, plan):
     if config.engine == "torch":
@@ -23,13 +25,16 @@ def open_session(config, devices, group, plan):
     return MxnetSession(config, devices, group, plan)
 
 
-def framework_versions(engine: str) -> dict:
-    """The report's version fields of the engine that ran (the other one: None)."""
-    versions = {"engine": engine, "mxnet": None, "torch": None}
-    if engine == "torch":
+def framework_versions(engine: Union[str, Sequence[str]]) -> dict:
+    """The report's version fields: ``engine``, the one engine that ran (a
+    name) or the engines of a sweep that ran several (a list, two or more),
+    and the version of each one's framework (the others: None)."""
+    engines = [engine] if isinstance(engine, str) else list(engine)
+    versions = {"engine": engines[0] if len(engines) == 1 else engines, "mxnet": None, "torch": None}
+    if "torch" in engines:
         import torch
         versions["torch"] = torch.__version__
-    else:
+    if "mxnet" in engines:
         import mxnet as mx
         versions["mxnet"] = mx.__version__
     return versions

@@ -13,13 +13,20 @@ from .train_report import write_report   # noqa: F401 - one atomic JSON writer f
 SCHEMA_VERSION = 1
 
 
+def engine_of(record: dict) -> str:
+    """The engine of a point; reports from before engines were swept ran MXNet."""
+    return record.get("engine", "mxnet")
+
+
 def add_ratios(records: List[dict]) -> None:
-    """Fill weak_scaling and speedup_vs_float32 from the points that succeeded."""
-    ips = {(r["ngpus"], r["batch_size"], r["dtype"]): r["ips"] for r in records if r["status"] == "ok"}
+    """Fill weak_scaling and speedup_vs_float32 from the points that
+    succeeded, each against a point of the same engine."""
+    ips = {(r["ngpus"], r["batch_size"], r["dtype"], engine_of(r)): r["ips"] for r in records if r["status"] == "ok"}
     for r in records:
-        own = ips.get((r["ngpus"], r["batch_size"], r["dtype"]))
-        single = ips.get((1, r["batch_size"], r["dtype"]))
-        fp32 = ips.get((r["ngpus"], r["batch_size"], "float32"))
+        engine = engine_of(r)
+        own = ips.get((r["ngpus"], r["batch_size"], r["dtype"], engine))
+        single = ips.get((1, r["batch_size"], r["dtype"], engine))
+        fp32 = ips.get((r["ngpus"], r["batch_size"], "float32", engine))
         r["weak_scaling"] = own / (r["ngpus"] * single) if own and single else None
         r["speedup_vs_float32"] = own / fp32 if own and fp32 else None
 
@@ -34,8 +41,9 @@ def build_report(mode: str, config: dict, env: dict, records: List[dict], status
 
 WHAT_IS_TIMED = {
     "train": ("img/s: images of the timed epochs (after the warm-up epochs) / their wall time; each epoch "
-              "includes data loading, forward, backward, gradient reduction and the update, fenced by "
-              "mx.nd.waitall(). Weak scaling: img/s(n) / (n x img/s(1)) at the same batch per device and dtype."),
+              "includes data loading, forward, backward, gradient reduction and the update, fenced by a wait "
+              "for every device (MXNet: mx.nd.waitall(); PyTorch: the epoch's loss sum read back). Both engines "
+              "run the same data pipeline, schedule and timing window. Weak scaling: img/s(n) / (n x img/s(1)) at the same batch per device and dtype."),
     "inference": ("latency: one batch already in device memory through the hybridized network (static memory) "
                   "until every device's output is ready; no data loading. img/s: timed images / wall time of the "
                   "timed iterations (the warm-up epochs are run but not timed). int8: the float32 model quantized "
@@ -47,11 +55,14 @@ def markdown(report: dict, tables: Dict[str, object]) -> str:
     from .tables import failures
 
     env = report["environment"]
+    frameworks = "".join(f"{name} {env[key]}, " for key, name in (("mxnet", "MXNet"), ("torch", "PyTorch"))
+                         if env.get(key))
     lines = [f"# Benchmark report ({report['mode']})", "",
-             f"{env['device_count']} x {env['device_kind']} max, {env['cpu_count']} CPU cores, MXNet {env['mxnet']}, "
+             f"{env['device_count']} x {env['device_kind']} max, {env['cpu_count']} CPU cores, {frameworks}"
              f"DALI {env['dali']}, commit {env['git_commit']}.", "", WHAT_IS_TIMED[report["mode"]], ""]
     for title, frame in tables.items():
-        lines += [f"## {title}", "", frame.to_markdown(floatfmt=".4g"), ""]
+        shown = frame.astype(object).where(frame.notna(), None)   # a missing figure reads "-", not "nan"
+        lines += [f"## {title}", "", shown.to_markdown(floatfmt=".4g", missingval="-"), ""]
     failed = failures(report["results"])
     if failed:
         lines += ["## Points that failed", ""] + [f"- {line}" for line in failed] + [""]
@@ -68,7 +79,8 @@ def markdown(report: dict, tables: Dict[str, object]) -> str:
     lines += ["## Commands", "", "Each point's exact command; rerunning one prints its figures again "
               "(last line, `benchmark-result:`).", ""]
     for r in report["results"]:
-        lines += [f"- n {r['ngpus']}, batch {r['batch_size']}, {r['dtype']} ({r['status']}): `{r['command']}`"]
+        lines += [f"- n {r['ngpus']}, batch {r['batch_size']}, {r['dtype']}, {engine_of(r)} ({r['status']}): "
+                  f"`{r['command']}`"]
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Dict, List
 
+from ..config import ENGINES
+from .benchmark_report import engine_of
+
 
 def epoch_table(records: List[dict]) -> str:
     import pandas as pd
@@ -15,46 +18,93 @@ def epoch_table(records: List[dict]) -> str:
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
 
 
+def sweep_engines(results: List[dict]) -> List[str]:
+    """The engines a sweep ran (failed points included), mxnet first."""
+    present = {engine_of(r) for r in results}
+    return [engine for engine in ENGINES if engine in present]   # config.ENGINES: mxnet first
+
+
 def _ok_frame(results: List[dict]):
     import pandas as pd
 
-    return pd.DataFrame([r for r in results if r["status"] == "ok"],
-                        columns=["ngpus", "batch_size", "dtype", "ips", "weak_scaling", "speedup_vs_float32",
-                                 "latency_ms"])
+    return pd.DataFrame([{**r, "engine": engine_of(r)} for r in results if r["status"] == "ok"],
+                        columns=["ngpus", "batch_size", "dtype", "engine", "ips", "weak_scaling",
+                                 "speedup_vs_float32", "latency_ms"])
 
 
 def benchmark_tables(report: dict) -> Dict[str, object]:
-    """Training: per batch size, rows = device count, columns = img/s per
-    dtype, float16 speedup, weak scaling per dtype. Inference: per device
-    count and dtype, rows = batch size, columns = img/s and latency (ms);
-    with several dtypes, also per device count: img/s of each dtype side by
-    side and each one's ratio to float32 (int8/float32, float16/float32)."""
-    import pandas as pd
-
+    """With several engines, first one table of them side by side (rows:
+    devices, batch, dtype; img/s per engine and torch/mxnet), then each
+    engine's own tables (titles end with the engine). One engine: its
+    tables only, titled as before engines were swept."""
     frame = _ok_frame(report["results"])
+    engines = sweep_engines(report["results"])
     tables: Dict[str, object] = {}
     if frame.empty:
         return tables
-    if report["mode"] == "train":
-        for batch, part in frame.groupby("batch_size"):
-            wide = part.pivot(index="ngpus", columns="dtype", values=["ips", "weak_scaling"])
-            table = pd.DataFrame(index=wide.index)
-            for dtype in sorted(part["dtype"].unique(), reverse=True):   # float32 first, as the seed's tables
-                table[f"img/s {dtype}"] = wide[("ips", dtype)]
-            if {"float16", "float32"} <= set(part["dtype"]):
-                table["speedup float16/float32"] = wide[("ips", "float16")] / wide[("ips", "float32")]
-            for dtype in sorted(part["dtype"].unique(), reverse=True):
-                table[f"weak scaling {dtype}"] = wide[("weak_scaling", dtype)]
-            table.index.name = "devices"
-            tables[f"Training, batch {batch} per device"] = table
-        return tables
+    if len(engines) > 1:
+        tables["Engines side by side, img/s"] = engine_table(frame, engines)
+    for engine in engines:
+        part = frame[frame["engine"] == engine]
+        suffix = f", {engine}" if len(engines) > 1 else ""
+        if not part.empty and report["mode"] == "train":
+            tables.update(training_tables(part, suffix))
+        elif not part.empty:
+            tables.update(inference_tables(part, suffix))
+    return tables
+
+
+def engine_table(frame, engines: List[str]):
+    """Rows (devices, batch, dtype) where some engine succeeded; a column of
+    img/s per engine ("-": that engine's point failed) and each engine's
+    ratio to the first (torch/mxnet)."""
+    import pandas as pd
+
+    wide = frame.pivot_table(index=["ngpus", "batch_size", "dtype"], columns="engine", values="ips",
+                             aggfunc="first").reindex(columns=engines)
+    table = pd.DataFrame({f"img/s {engine}": wide[engine] for engine in engines}, index=wide.index)
+    for engine in engines[1:]:
+        table[f"{engine}/{engines[0]}"] = wide[engine] / wide[engines[0]]
+    table = table.reset_index(["batch_size", "dtype"]).rename(columns={"batch_size": "batch"})
+    table.index.name = "devices"
+    return table
+
+
+def training_tables(frame, suffix: str = "") -> Dict[str, object]:
+    """Per batch size: rows = device count, columns = img/s per dtype,
+    float16 speedup, weak scaling per dtype."""
+    import pandas as pd
+
+    tables: Dict[str, object] = {}
+    for batch, part in frame.groupby("batch_size"):
+        wide = part.pivot(index="ngpus", columns="dtype", values=["ips", "weak_scaling"])
+        table = pd.DataFrame(index=wide.index)
+        for dtype in sorted(part["dtype"].unique(), reverse=True):   # float32 first, as the seed's tables
+            table[f"img/s {dtype}"] = wide[("ips", dtype)]
+        if {"float16", "float32"} <= set(part["dtype"]):
+            table["speedup float16/float32"] = wide[("ips", "float16")] / wide[("ips", "float32")]
+        for dtype in sorted(part["dtype"].unique(), reverse=True):
+            table[f"weak scaling {dtype}"] = wide[("weak_scaling", dtype)]
+        table.index.name = "devices"
+        tables[f"Training, batch {batch} per device{suffix}"] = table
+    return tables
+
+
+def inference_tables(frame, suffix: str = "") -> Dict[str, object]:
+    """Per device count and dtype, rows = batch size, columns = img/s and
+    latency (ms); with several dtypes, also per device count: img/s of each
+    dtype side by side and each one's ratio to float32 (int8/float32,
+    float16/float32)."""
+    import pandas as pd
+
+    tables: Dict[str, object] = {}
     for (ngpus, dtype), part in frame.groupby(["ngpus", "dtype"]):
         latency = pd.DataFrame(list(part["latency_ms"]), index=part["batch_size"],
                                columns=["mean", "p50", "p90", "p95", "p99", "max"])
         table = pd.concat([part.set_index("batch_size")["ips"].rename("img/s"),
                            latency.add_suffix(" ms")], axis=1).sort_index()
         table.index.name = "batch"
-        tables[f"Inference, {ngpus} device(s), {dtype}"] = table
+        tables[f"Inference, {ngpus} device(s), {dtype}{suffix}"] = table
     for ngpus, part in frame.groupby("ngpus"):
         dtypes = _dtype_order(part["dtype"].unique())
         if len(dtypes) < 2:
@@ -67,7 +117,7 @@ def benchmark_tables(report: dict) -> Dict[str, object]:
             if dtype != "float32" and "float32" in dtypes:
                 table[f"{dtype}/float32"] = wide[("speedup_vs_float32", dtype)]
         table.index.name = "batch"
-        tables[f"Inference, {ngpus} device(s), by dtype"] = table
+        tables[f"Inference, {ngpus} device(s), by dtype{suffix}"] = table
     return tables
 
 
@@ -78,5 +128,5 @@ def _dtype_order(dtypes) -> List[str]:
 
 
 def failures(results: List[dict]) -> List[str]:
-    return [f"n {r['ngpus']}, batch {r['batch_size']}, {r['dtype']}: {r['status']}: {r['error']}"
+    return [f"n {r['ngpus']}, batch {r['batch_size']}, {r['dtype']}, {engine_of(r)}: {r['status']}: {r['error']}"
             for r in results if r["status"] != "ok"]

@@ -10,7 +10,7 @@ import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence, Union
 
 from ..files import write_text_atomic
 from .schema import validate_report
@@ -18,7 +18,9 @@ from .schema import validate_report
 SCHEMA_VERSION = 1
 
 
-def environment(device_kind: str, device_count: int, engine: str = "mxnet") -> dict:
+def environment(device_kind: str, device_count: int, engine: Union[str, Sequence[str]] = "mxnet") -> dict:
+    """The machine and software of a report; ``engine``: the engine that ran,
+    or a benchmark sweep's list of engines (each one's version is recorded)."""
     import numpy as np
 
     from ..engines import framework_versions
