@@ -43,7 +43,8 @@ WHAT_IS_TIMED = {
     "train": ("img/s: images of the timed epochs (after the warm-up epochs) / their wall time; each epoch "
               "includes data loading, forward, backward, gradient reduction and the update, fenced by a wait "
               "for every device (MXNet: mx.nd.waitall(); PyTorch: the epoch's loss sum read back). Both engines "
-              "run the same data pipeline, schedule and timing window. Weak scaling: img/s(n) / (n x img/s(1)) at the same batch per device and dtype."),
+              "run the same data pipeline, schedule and timing window. Weak scaling: img/s(n) / (n x img/s(1)) "
+              "at the same batch per device, dtype and engine."),
     "inference": ("latency: one batch already in device memory through the hybridized network (static memory) "
                   "until every device's output is ready; no data loading. img/s: timed images / wall time of the "
                   "timed iterations (the warm-up epochs are run but not timed). int8: the float32 model quantized "
