@@ -11,7 +11,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import Job, one_line_error, run_runner
+from conftest import Job, background_runner, finish, one_line_error, run_here, run_runner
 from visionbench.engine import checkpoint
 from visionbench.report.schema import validate_report
 
@@ -58,12 +58,29 @@ KILL_POINTS = {1: ("4", r"^epoch 1/4 batch 8/", r"^epoch 3/4 batch 12/"),
                3: ("2", r"^epoch 1/4 batch 4/", r"^epoch 3/4 batch 4/")}
 
 
+class Reference:
+    """The uninterrupted run of 4 epochs: what the kill -9 test's and the
+    SIGTERM test's interrupted runs must end with, bit for bit. It runs in
+    the background while the first of them interrupts and resumes its own
+    run (they share nothing): its steps overlap their start-ups."""
+
+    def __init__(self, prefix: Path, devices: int, process):
+        self.devices, self._prefix, self._process, self._result = devices, prefix, process, None
+
+    def prefix(self) -> Path:
+        """Its model prefix, once it has ended well."""
+        if self._result is None:
+            self._result = finish(self._process)
+        assert self._result.returncode == 0, self._result.stderr
+        return self._prefix
+
+
 @pytest.fixture(scope="module", params=[1, 3], ids=["1 device", "3 devices"])
 def uninterrupted(request, tmp_path_factory):
+    """One reference run for both tests (a whole run less per device count)."""
     prefix = tmp_path_factory.mktemp("whole") / "m"
-    result = run_runner(*_args(prefix, "-e", "4", devices=request.param))
-    assert result.returncode == 0, result.stderr
-    return prefix, request.param
+    with background_runner(*_args(prefix, "-e", "4", devices=request.param)) as process:
+        yield Reference(prefix, request.param, process)
 
 
 def test_kill_9_at_five_points_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
@@ -73,7 +90,7 @@ def test_kill_9_at_five_points_then_resume_equals_uninterrupted(uninterrupted, t
     Each rerun resumes from the newest complete checkpoint and says so; the
     final weights are the uninterrupted run's, bit for bit (synthetic data),
     and on 3 devices every device's BatchNorm statistics too."""
-    uninterrupted, devices = uninterrupted
+    devices = uninterrupted.devices
     display, in_epoch_1, in_epoch_3 = KILL_POINTS[devices]
     prefix = tmp_path / "m"
     args = _args(prefix, "-e", "4", "--disp-batches", display, devices=devices)
@@ -105,7 +122,7 @@ def test_kill_9_at_five_points_then_resume_equals_uninterrupted(uninterrupted, t
     final = run_runner(*args)
     assert final.returncode == 0, final.stderr
     assert _resumed_from(final.stdout) == newest
-    _assert_same_final_state(prefix, uninterrupted, 4, devices)
+    _assert_same_final_state(prefix, uninterrupted.prefix(), 4, devices)
     assert not list(tmp_path.glob(".*partial*")) and not checkpoint.journal_path(prefix).exists()
 
 
@@ -121,14 +138,14 @@ def _sigterm_mid_epoch(args, at_line):
     return int(re.search(r"iteration (\d+)", line)[1]), line
 
 
-@pytest.mark.parametrize("devices", [1, 3], ids=["1 device", "3 devices"])
-def test_sigterm_mid_epoch_on_synthetic_data_resumes_bit_for_bit(tmp_path, devices):
-    # 240 images: 30 steps an epoch on one device, 10 on three.
+def test_sigterm_mid_epoch_on_synthetic_data_resumes_bit_for_bit(uninterrupted, tmp_path):
+    # The kill -9 test's run (192 images: 24 steps an epoch on one device, 8 on three), interrupted
+    # by SIGTERM in epoch 2 and resumed: its final state is that test's uninterrupted run's.
+    devices = uninterrupted.devices
     prefix, report = tmp_path / "m", tmp_path / "r.json"
-    steps, display = (30, 10) if devices == 1 else (10, 2)
-    args = _args(prefix, "-e", "3", "--report", report, "--num-examples", "240", "--disp-batches", display,
-                 devices=devices)
-    iteration, _ = _sigterm_mid_epoch(args, rf"^epoch 2/3 batch {display}/")
+    steps, display = (24, 10) if devices == 1 else (8, 2)
+    args = _args(prefix, "-e", "4", "--report", report, "--disp-batches", display, devices=devices)
+    iteration, _ = _sigterm_mid_epoch(args, rf"^epoch 2/4 batch {display}/")
     assert display <= iteration < steps
     assert checkpoint.complete_positions(prefix)[-1] == (1, iteration)
     partial = json.loads(report.read_text())
@@ -137,15 +154,12 @@ def test_sigterm_mid_epoch_on_synthetic_data_resumes_bit_for_bit(tmp_path, devic
     assert not Path(f"{prefix}.lock").exists()
     resumed = run_runner(*args)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from {prefix}-0001-{iteration:06d} (epoch 1 of 3 done, and {iteration} steps of the next)" \
+    assert f"resuming from {prefix}-0001-{iteration:06d} (epoch 1 of 4 done, and {iteration} steps of the next)" \
         in resumed.stdout
-    whole = tmp_path / "whole" / "m"
-    whole.parent.mkdir()
-    assert run_runner(*_args(whole, "-e", "3", "--num-examples", "240", devices=devices)).returncode == 0
-    _assert_same_final_state(prefix, whole, 3, devices)   # the README's promise: bit for bit
+    _assert_same_final_state(prefix, uninterrupted.prefix(), 4, devices)   # the README's promise: bit for bit
     final = json.loads(report.read_text())
-    assert final["status"] == "complete" and [e["epoch"] for e in final["epochs"]] == list(range(3))
-    assert final["epochs"][1]["train_images"] == 240   # the interrupted epoch counts every image once
+    assert final["status"] == "complete" and [e["epoch"] for e in final["epochs"]] == list(range(4))
+    assert final["epochs"][1]["train_images"] == 192   # the interrupted epoch counts every image once
     # The mid-epoch checkpoint is gone once a later end-of-epoch checkpoint exists.
     assert all(iteration == 0 for _, iteration in checkpoint.complete_positions(prefix))
 
@@ -178,11 +192,14 @@ def test_sigterm_mid_epoch_on_dali_data_feeds_the_same_records_from_that_step(po
     (tmp_path / "whole").mkdir(), (tmp_path / "cut").mkdir()
     whole_log, cut_log = tmp_path / "whole-log", tmp_path / "cut-log"
     whole_log.mkdir(), cut_log.mkdir()
-    whole = run_runner(*_dali_args(position_labelled, tmp_path / "whole" / "m", whole_log, "-e", "2"))
+    # The uninterrupted run goes on in the background while the other is interrupted and resumed
+    # (they share nothing): one start-up and the first epoch overlap on the second core.
+    with background_runner(*_dali_args(position_labelled, tmp_path / "whole" / "m", whole_log, "-e", "2")) as run:
+        args = _dali_args(position_labelled, tmp_path / "cut" / "m", cut_log, "-e", "2", "--disp-batches", "3")
+        iteration, _ = _sigterm_mid_epoch(args, r"^epoch 2/2 batch 6/")
+        resumed = run_runner(*args)
+        whole = finish(run)
     assert whole.returncode == 0, whole.stderr
-    args = _dali_args(position_labelled, tmp_path / "cut" / "m", cut_log, "-e", "2", "--disp-batches", "3")
-    iteration, _ = _sigterm_mid_epoch(args, r"^epoch 2/2 batch 6/")
-    resumed = run_runner(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert f"and {iteration} steps of the next" in resumed.stdout
     reference = _fed(whole_log, "rank-0-epoch-1.json")
@@ -197,11 +214,11 @@ def test_sigterm_mid_epoch_on_dali_data_feeds_the_same_records_from_that_step(po
     assert sorted(before["labels"] + after["labels"]) == list(range(96))
 
 
-def test_a_diverged_float32_loss_stops_with_epoch_and_iteration(tmp_path):
+def test_a_diverged_float32_loss_stops_with_epoch_and_iteration(tmp_path, capfd):
     prefix = tmp_path / "m"
     assert run_runner(*_args(prefix, "-e", "1")).returncode == 0
     kept = _params(prefix, 1)
-    diverged = run_runner(*_args(prefix, "-e", "2", "--lr", "1e30"))
+    diverged = run_here(capfd, *_args(prefix, "-e", "2", "--lr", "1e30"))   # in this process: no start-up
     assert diverged.returncode == 1
     line = one_line_error(diverged)
     assert "loss is not finite (NaN or Inf) at epoch 2, iteration" in line and "checkpoints written so far are kept" in line
@@ -220,12 +237,12 @@ def test_overflow_check_sees_nan_and_inf_gradients():
     assert mx.nd.multi_all_finite(finite, finite, num_arrays=2).asscalar() == 1
 
 
-def test_a_second_run_on_the_same_prefix_is_refused_until_the_first_dies(tmp_path):
+def test_a_second_run_on_the_same_prefix_is_refused_until_the_first_dies(tmp_path, capfd):
     prefix = tmp_path / "m"
     first = Job(_args(prefix, "-e", "50"))
     try:
         assert first.wait_for_file(tmp_path, "m.lock"), "the first run ended before taking its lock"
-        second = run_runner(*_args(prefix, "-e", "50"))
+        second = run_here(capfd, *_args(prefix, "-e", "50"))   # in this process: no start-up
         assert second.returncode == 2
         assert "is in use by a run still going (pid" in one_line_error(second)
     finally:
