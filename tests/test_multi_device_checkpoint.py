@@ -199,13 +199,13 @@ def test_a_usage_error_while_loading_states_reaches_the_user_unchanged(tmp_path)
         checkpoint.load_states(resumed, prefix, 1)
 
 
-def test_scoring_the_last_checkpoint_on_as_many_devices_reproduces_its_validation(tmp_path_factory):
+def test_scoring_the_last_checkpoint_on_as_many_devices_reproduces_its_validation(tmp_path_factory, capfd):
     """--mode val on 3 devices gives each device its own BatchNorm statistics
     back, as training validated with them: the same top-1 and top-5."""
     import json
     import re
 
-    from conftest import make_small_demo, run_runner
+    from conftest import make_small_demo, run_here, run_runner
 
     folder = tmp_path_factory.mktemp("scored")
     data = make_small_demo(folder / "demo", 8, val_per_class=20)   # 200 val images: a BatchNorm change shows
@@ -215,7 +215,7 @@ def test_scoring_the_last_checkpoint_on_as_many_devices_reproduces_its_validatio
     trained = run_runner(*common, "--lr", "0.4", "--warmup-epochs", "0", "-e", "2", "--report", report)
     assert trained.returncode == 0, trained.stderr
     last = json.loads(report.read_text())["epochs"][-1]
-    scored = run_runner(*common, "--mode", "val", "--load-epoch", "2")
+    scored = run_here(capfd, *common, "--mode", "val", "--load-epoch", "2")   # a scoring: in this process
     assert scored.returncode == 0, scored.stderr
     found = re.search(r"val top-1 ([0-9.]+) top-5 ([0-9.]+) over (\d+) images", scored.stdout)
     assert found, scored.stdout

@@ -13,7 +13,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT, one_line_error, run_runner, runner_env
+from conftest import ROOT, background_runner, finish, one_line_error, run_here, run_runner, runner_env
 from visionbench.config import Config
 from visionbench.engine.plan import make_plan
 from visionbench.engine.precision import LossScaler, Precision, resolve_precision
@@ -162,26 +162,29 @@ def _params(prefix, epoch):
     return {k: v.asnumpy() for k, v in loaded.items()}
 
 
-def test_kill_and_resume_equals_uninterrupted(tiny_demo, tmp_path):
+def test_kill_and_resume_equals_uninterrupted(tiny_demo, tmp_path, capfd):
     whole = tmp_path / "whole" / "m"
     whole.parent.mkdir()
-    result = run_runner(*_train_args(tiny_demo, whole, "-e", "3", "--report", tmp_path / "whole.json",
-                                 "--dawn-tsv", tmp_path / "whole.tsv"))
-    assert result.returncode == 0, result.stderr
     killed = tmp_path / "killed" / "m"
     killed.parent.mkdir()
-    args = ["bash", str(ROOT / "runner"), *map(str, _train_args(tiny_demo, killed, "-e", "3",
-                                                                "--report", tmp_path / "killed.json"))]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=runner_env())   # as run_runner: both runs in one environment
-    deadline = time.monotonic() + 240
-    while not Path(f"{killed}-0001.json").exists():
-        assert process.poll() is None and time.monotonic() < deadline, "no first checkpoint"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=30)
-    assert not Path(f"{killed}-0003.json").exists(), "the run finished before the kill"
-    resumed = run_runner(*_train_args(tiny_demo, killed, "-e", "3", "--report", tmp_path / "killed.json"))
+    # The uninterrupted run goes on in the background while the other is killed and resumed (they
+    # share nothing): one start-up and the first epochs overlap on the second core.
+    with background_runner(*_train_args(tiny_demo, whole, "-e", "3", "--report", tmp_path / "whole.json",
+                                        "--dawn-tsv", tmp_path / "whole.tsv")) as uninterrupted:
+        args = ["bash", str(ROOT / "runner"), *map(str, _train_args(tiny_demo, killed, "-e", "3",
+                                                                    "--report", tmp_path / "killed.json"))]
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   env=runner_env())   # as run_runner: both runs in one environment
+        deadline = time.monotonic() + 240
+        while not Path(f"{killed}-0001.json").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no first checkpoint"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+        assert not Path(f"{killed}-0003.json").exists(), "the run finished before the kill"
+        resumed = run_runner(*_train_args(tiny_demo, killed, "-e", "3", "--report", tmp_path / "killed.json"))
+        result = finish(uninterrupted)
+    assert result.returncode == 0, result.stderr
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout
     final_whole, final_killed = _params(whole, 3), _params(killed, 3)
@@ -203,29 +206,30 @@ def test_kill_and_resume_equals_uninterrupted(tiny_demo, tmp_path):
     kept = sorted(p.name for p in whole.parent.glob("m-[0-9]*.json"))
     assert "m-0003.json" in kept and "m-0002.json" in kept and len(kept) <= 3
     # --mode val scores a checkpoint
-    scored = run_runner("--mode", "val", "--device", "cpu", "--data-root", tiny_demo, "--image-size", "32",
-                    "--num-layers", "18", "--num-classes", "10", "--model-prefix", whole, "--load-epoch", "3", "-b", "8")
+    scored = run_here(capfd, "--mode", "val", "--device", "cpu", "--data-root", tiny_demo, "--image-size", "32",
+                      "--num-layers", "18", "--num-classes", "10", "--model-prefix", whole, "--load-epoch", "3",
+                      "-b", "8")
     assert scored.returncode == 0, scored.stderr
     assert f"top-1 {whole_report['epochs'][2]['val_top1']:.4f}" in scored.stdout
 
 
-def test_resume_refuses_another_model_and_fresh_runs_keep_existing_files(tiny_demo, tmp_path):
+def test_resume_refuses_another_model_and_fresh_runs_keep_existing_files(tiny_demo, tmp_path, capfd):
     prefix = tmp_path / "m"
     assert run_runner(*_train_args(tiny_demo, prefix, "-e", "1", "--mode", "train")).returncode == 0
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    other = run_runner(*_train_args(tiny_demo, prefix, "-e", "2", "--num-layers", "34"))
+    other = run_here(capfd, *_train_args(tiny_demo, prefix, "-e", "2", "--num-layers", "34"))
     assert "holds resnet18_v1.5 with 10 classes, not resnet34_v1.5" in one_line_error(other)
-    refuse = run_runner(*_train_args(tiny_demo, prefix, "-e", "2", "--no-resume"))
+    refuse = run_here(capfd, *_train_args(tiny_demo, prefix, "-e", "2", "--no-resume"))
     assert "checkpoints exist" in one_line_error(refuse)
     (tmp_path / "r.json").write_text("{}")
-    fresh = run_runner(*_train_args(tiny_demo, tmp_path / "n", "-e", "1", "--report", tmp_path / "r.json"))
+    fresh = run_here(capfd, *_train_args(tiny_demo, tmp_path / "n", "-e", "1", "--report", tmp_path / "r.json"))
     assert "already exists" in one_line_error(fresh)
     assert (tmp_path / "r.json").read_text() == "{}"
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
     # a damaged checkpoint: refused with its name, left as it is
     params = tmp_path / "m-0001.params"
     params.write_bytes(params.read_bytes()[:1000])
-    damaged = run_runner(*_train_args(tiny_demo, prefix, "-e", "2"))
+    damaged = run_here(capfd, *_train_args(tiny_demo, prefix, "-e", "2"))
     assert "m-0001.params does not fit this model" in one_line_error(damaged)
     assert params.stat().st_size == 1000
 
@@ -254,25 +258,26 @@ def test_two_cpu_contexts_through_the_runner_learn(tmp_path):
     (["--mode", "inference", "-e", "1"], "nothing would be timed"),
     (["--mode", "train", "--benchmark", "-e", "3", "--benchmark-warmup-epochs", "-1"], "benchmark-warmup-epochs"),
 ])
-def test_bad_training_input(tmp_path, args, words):
-    result = run_runner("--device", "cpu", "--data-backend", "synthetic", "--model-prefix", tmp_path / "m", *args)
+def test_bad_training_input(tmp_path, capfd, args, words):
+    result = run_here(capfd, "--device", "cpu", "--data-backend", "synthetic", "--model-prefix", tmp_path / "m",
+                      *args)
     assert result.returncode == 2
     assert words in one_line_error(result)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_iterations_cap_the_steps_of_every_epoch():
-    result = run_runner("--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-b", "8",
-                        "-e", "2", "-i", "3", "--lr-schedule", "cosine", "--warmup-epochs", "0")
+def test_iterations_cap_the_steps_of_every_epoch(capfd):
+    result = run_here(capfd, "--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-b", "8",
+                      "-e", "2", "-i", "3", "--lr-schedule", "cosine", "--warmup-epochs", "0")
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(r["epoch"], r["iteration"]) for r in rows] == [(e, i) for e in "01" for i in "012"]
     assert float(rows[2]["lr"]) == pytest.approx(0.1 * 8 / 256 / 2)   # cosine half-way once 3 of 6 steps are done
 
 
-def test_print_schedule_step_recipe_and_phases():
-    result = run_runner("--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-n", "8", "-b", "208",
-                    "--num-examples", "16640", "-e", "90")   # 10 steps per epoch
+def test_print_schedule_step_recipe_and_phases(capfd):
+    result = run_here(capfd, "--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-n", "8",
+                      "-b", "208", "--num-examples", "16640", "-e", "90")   # 10 steps per epoch
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert len(rows) == 900 and list(rows[0]) == ["epoch", "iteration", "lr", "momentum", "image_size", "batch_size"]
@@ -281,16 +286,16 @@ def test_print_schedule_step_recipe_and_phases():
     assert lr[(0, 0)] == pytest.approx(base / 50) and lr[(4, 9)] == pytest.approx(base)
     assert lr[(29, 9)] == pytest.approx(base) and lr[(30, 0)] == pytest.approx(base / 10)
     assert lr[(60, 0)] == pytest.approx(base / 100) and lr[(80, 0)] == pytest.approx(base / 1000)
-    cycle = run_runner("--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-b", "256",
-                       "--num-examples", "2560", "-e", "10", "--lr-schedule", "onecycle", "--lr", "0.4")
+    cycle = run_here(capfd, "--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-b", "256",
+                     "--num-examples", "2560", "-e", "10", "--lr-schedule", "onecycle", "--lr", "0.4")
     rows = list(csv.DictReader(io.StringIO(cycle.stdout)))
     assert len(rows) == 100   # 10 epochs x 10 steps; the peak at step 0.3 x 100 - 1 = 29
     assert (float(rows[0]["lr"]), float(rows[0]["momentum"])) == pytest.approx((0.4 / 25, 0.95))
     assert (float(rows[29]["lr"]), float(rows[29]["momentum"])) == pytest.approx((0.4, 0.85))
     assert (float(rows[99]["lr"]), float(rows[99]["momentum"])) == pytest.approx((0.4 / 25 / 1e4, 0.95))
     from test_schedules import IMAGENET18
-    phased = run_runner("--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-n", "8",
-                    "--num-examples", "65536", "--phases", IMAGENET18)
+    phased = run_here(capfd, "--print-schedule", "--device", "cpu", "--data-backend", "synthetic", "-n", "8",
+                      "--num-examples", "65536", "--phases", IMAGENET18)
     assert phased.returncode == 0, phased.stderr
     rows = list(csv.DictReader(io.StringIO(phased.stdout)))
     first = {int(r["epoch"]): r for r in reversed(rows)}   # first row of each epoch
