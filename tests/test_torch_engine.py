@@ -132,10 +132,10 @@ def test_files_that_are_not_its_checkpoints_are_refused_and_left_alone(tmp_path)
 @pytest.mark.parametrize("flags, message", [
     (("-n", "2"), "--engine torch: -n 2: the torch engine trains on one device per process"),
     (("--data-backend", "mxnet"), "--engine torch: --data-backend mxnet is MXNet's ImageRecordIter"),
-    (("--kv-store", "dist_sync"), "--engine torch: --kv-store dist_sync is MXNet's"),
+    (("--kv-store", "horovod"), "--engine torch: --kv-store horovod is MXNet's Horovod"),
     (("--dtype", "float16"), "--engine torch --dtype float16 needs GPUs"),
     (("--mode", "inference"), "--engine torch: --mode inference measures MXNet graphs"),
-], ids=["devices", "mxnet backend", "dist kvstore", "float16 on cpu", "inference"])
+], ids=["devices", "mxnet backend", "horovod", "float16 on cpu", "inference"])
 def test_what_the_torch_engine_does_not_run_is_refused_with_one_line(tmp_path, flags, message):
     result = run_runner(*_args(tmp_path / "m", "-e", "2", *flags))
     assert result.returncode == 2, result.stderr

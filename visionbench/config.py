@@ -421,9 +421,13 @@ _TORCH_REFUSALS = (
     (lambda c: c.data_backend == "mxnet", "--data-backend mxnet is MXNet's ImageRecordIter: use dali-cpu, "
                                           "dali-gpu or synthetic"),
     (lambda c: c.dtype == "int8", "--dtype int8 is MXNet's oneDNN quantization: use --engine mxnet"),
-    (lambda c: c.kv_store in DIST_KV_STORES or c.kv_store == "horovod",
-     f"--kv-store {{kv}} is MXNet's; the torch engine runs one process per machine for now"),
-    (lambda c: c.num_devices > 1, "-n {n}: the torch engine trains on one device per process for now (-n 1)"),
+    # dist_sync and dist_device_sync both run (engine/collective.py's TorchGroup: DDP, one device a process).
+    (lambda c: c.kv_store == "horovod", "--kv-store horovod is MXNet's Horovod; the torch engine's jobs are "
+                                        "--kv-store dist_sync --local-workers W (torch.distributed)"),
+    (lambda c: c.num_devices > 1, "-n {n}: the torch engine trains on one device per process (-n 1); for {n} "
+                                  "devices start {n} processes: -n 1 --kv-store dist_sync --local-workers {n}"),
+    (lambda c: c.num_servers != 1, "--num-servers starts MXNet's parameter servers; the torch engine's workers "
+                                   "allreduce among themselves (leave it out)"),
     (lambda c: c.self_test, "--self-test checks MXNet's GPU path: use it with --engine mxnet"),
     (lambda c: c.mode == "inference", "--mode inference measures MXNet graphs: use --engine mxnet"),
 )
@@ -446,7 +450,8 @@ def check_engine(config: Config) -> None:
 def check_distributed(config: Config) -> None:
     dist = config.kv_store in DIST_KV_STORES
     if not dist and (config.nnodes, config.node_rank, config.local_workers) != (1, 0, 1):
-        raise UsageError("--nnodes/--node-rank/--local-workers start parameter-server jobs: "
+        jobs = "torch.distributed jobs" if config.engine == "torch" else "parameter-server jobs"
+        raise UsageError(f"--nnodes/--node-rank/--local-workers start {jobs}: "
                          "add --kv-store dist_sync (or dist_device_sync)")
     for name in ("nnodes", "num_servers", "local_workers"):
         if getattr(config, name) < 1:

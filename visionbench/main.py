@@ -47,6 +47,15 @@ def refuse_what_cannot_fit(config: Config, workers: int) -> None:
         refuse_if_it_cannot_fit(config, workers)
 
 
+def started_by_our_launcher(config: Config) -> bool:
+    """A worker of a job engine/launch.py started (it checked the input once
+    for the whole job): MXNet's workers carry ps-lite's DMLC_ROLE, the torch
+    engine's the launcher's local worker index."""
+    from .engine.launch import LOCAL_WORKER_ENV
+
+    return ("DMLC_ROLE" if config.engine == "mxnet" else LOCAL_WORKER_ENV) in os.environ
+
+
 def first_gpu_index(group) -> int:
     """The index, among the GPUs this process sees, of its first GPU: a
     Horovod process (one GPU each, every GPU of the machine visible) takes
@@ -97,7 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return print_schedule(config, config.num_devices, workers)
     if "DMLC_ROLE" not in os.environ and config.engine == "mxnet":   # a job's workers: their launcher checked
         refuse_what_cannot_fit(config, config.local_workers if distributed else 1)
-    if distributed and "DMLC_ROLE" not in os.environ:
+    if distributed and not started_by_our_launcher(config):
         # This process launches the job; the workers it starts run this same command line.
         # Bad input is refused here, once, before any process starts.
         from .engine.launch import launch
@@ -106,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return launch(config, list(sys.argv[1:] if argv is None else argv))
     if config.mode == "io":
         return run_io(config)
-    from .engine.collective import Single, make_group
+    from .engine.collective import make_group
     from .engine.run import score, train
 
     if config.mode == "val":
@@ -114,8 +123,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if config.mode == "inference":
         from .bench.inference import run_inference
         return run_inference(config, make_devices(config))
-    group = make_group(config.kv_store) if config.engine == "mxnet" else Single()
-    return train(config, make_devices(config, first_gpu_index(group)), group)
+    group = make_group(config.kv_store, config.engine, config.device)
+    status = train(config, make_devices(config, first_gpu_index(group)), group)
+    group.close()   # (after a failure the process just exits: a peer may still wait in a collective)
+    return status
 
 
 def entry() -> None:

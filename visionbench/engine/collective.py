@@ -8,6 +8,12 @@ integer, a barrier.
   gradients, under keys far above the parameters' indices.
 - ``HorovodGroup``: Horovod's allreduce (optional; imported only when asked
   for). Not exercised here: Horovod is not installed on the test machines.
+- ``TorchGroup``: the torch engine's workers (``--engine torch --kv-store
+  dist_sync|dist_device_sync``, started by engine/launch.py): torch.distributed
+  with gloo on CPUs and NCCL on GPUs. For the torch engine both kv-store names
+  mean synchronous data parallel, one device a process: DDP allreduces the
+  gradients where they are (on the GPUs under NCCL), so there is no separate
+  aggregation on the host to choose.
 """
 from __future__ import annotations
 
@@ -35,6 +41,9 @@ class Single:
         pass
 
     def prepare_trainer(self, trainer, params) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -102,6 +111,9 @@ class KVStoreGroup:
             trainer._init_params()
         self.barrier()
 
+    def close(self) -> None:
+        pass   # ps-lite leaves the job when the process exits
+
 
 class HorovodGroup:
     """One Horovod process (started by horovodrun / mpirun, one device each)."""
@@ -137,12 +149,71 @@ class HorovodGroup:
     def prepare_trainer(self, trainer, params) -> None:
         self._hvd.broadcast_parameters(params, root_rank=0)
 
+    def close(self) -> None:
+        pass
 
-def make_group(kv_store: str):
-    """The group of this process, from --kv-store (and, for the parameter
-    server, the DMLC_* variables the launcher set)."""
+
+class TorchGroup:
+    """One worker of a torch engine job: torch.distributed's default process
+    group, joined from the MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE variables
+    engine/launch.py sets. The metrics travel as float64 (exact counts of
+    images, as the MXNet engine's float32 sums are not beyond 2^24).
+
+    On GPUs each worker sees only its own GPU (CUDA_VISIBLE_DEVICES, set by
+    the launcher), so its device is cuda:0; the group deliberately has no
+    ``local_rank`` (main.first_gpu_index would take it as a GPU index)."""
+
+    kvstore = None
+
+    def __init__(self, device: str):
+        import torch
+        import torch.distributed as dist
+
+        if device == "gpu":
+            torch.cuda.set_device(0)   # GPU-ONLY: NCCL's communicator binds to the current device
+            self._device = torch.device("cuda", 0)
+        else:
+            self._device = torch.device("cpu")
+        dist.init_process_group("nccl" if device == "gpu" else "gloo", init_method="env://")
+        self.rank = dist.get_rank()
+        self.size = dist.get_world_size()
+
+    def sum(self, values: Sequence[float]) -> List[float]:
+        import torch
+        import torch.distributed as dist
+
+        total = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._device)
+        dist.all_reduce(total)   # SUM
+        return [float(v) for v in total.tolist()]
+
+    def broadcast_int(self, value: int) -> int:
+        import torch
+        import torch.distributed as dist
+
+        out = torch.tensor([int(value)], dtype=torch.int64, device=self._device)
+        dist.broadcast(out, src=0)
+        return int(out.item())
+
+    def barrier(self) -> None:
+        # An allreduce rather than dist.barrier(), which under NCCL guesses the device of each rank.
+        self.sum([0.0])
+
+    def prepare_trainer(self, trainer, params) -> None:
+        """Nothing: DDP broadcasts rank 0's weights in its constructor (engines/torch/session.py)."""
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def make_group(kv_store: str, engine: str = "mxnet", device: str = "cpu"):
+    """The group of this process, from --kv-store (and the variables the
+    launcher set: DMLC_* for the parameter server, MASTER_*/RANK/WORLD_SIZE
+    for torch.distributed)."""
     if kv_store in DIST_KVSTORES:
-        return KVStoreGroup(kv_store)
+        return TorchGroup(device) if engine == "torch" else KVStoreGroup(kv_store)
     if kv_store == "horovod":
         return HorovodGroup()
     return Single()

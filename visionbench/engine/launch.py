@@ -1,10 +1,18 @@
-"""Start a parameter-server job (``--kv-store dist_sync|dist_device_sync``).
+"""Start a multi-process job (``--kv-store dist_sync|dist_device_sync``).
 
-On each machine ``./runner`` starts this machine's part of the job with the
-DMLC_* variables ps-lite reads: node 0 also runs the scheduler; every node
-runs ``--num-servers`` servers and ``--local-workers`` workers (each worker
-trains on the node's ``-n`` devices). With ``--local-workers W`` and one node
-the whole job runs on 127.0.0.1.
+MXNet engine: a parameter-server job. On each machine ``./runner`` starts
+this machine's part of the job with the DMLC_* variables ps-lite reads:
+node 0 also runs the scheduler; every node runs ``--num-servers`` servers and
+``--local-workers`` workers (each worker trains on the node's ``-n`` devices).
+
+Torch engine (``--engine torch``): no scheduler and no servers; each node
+starts its ``--local-workers`` workers (one device each) with the variables
+torch.distributed's ``env://`` reads (MASTER_ADDR, MASTER_PORT, RANK,
+WORLD_SIZE, and LOCAL_RANK/LOCAL_WORLD_SIZE as torchrun sets them); rank 0,
+on node 0, holds the rendezvous store on --master-port. CPU workers share
+the machine's cores (OMP_NUM_THREADS: cores / workers, unless already set).
+
+With ``--local-workers W`` and one node the whole job runs on 127.0.0.1.
 
 The launcher supervises its processes: when every worker has finished it
 lets the servers and the scheduler end (or ends them); when any process
@@ -74,7 +82,8 @@ def job_environment(config: Config, port: int, role: str) -> dict:
     return env
 
 
-def gpu_assignment(visible: Optional[str], count: Optional[int], workers: int, per_worker: int) -> List[str]:
+def gpu_assignment(visible: Optional[str], count: Optional[int], workers: int, per_worker: int,
+                   framework: str = "MXNet") -> List[str]:
     """CUDA_VISIBLE_DEVICES of each of this machine's workers: consecutive
     ``per_worker`` GPUs of those this process sees (``visible``: its own
     CUDA_VISIBLE_DEVICES, indices or UUIDs; else GPUs 0..count-1). A worker
@@ -84,23 +93,51 @@ def gpu_assignment(visible: Optional[str], count: Optional[int], workers: int, p
         [str(i) for i in range(count or 0)]
     need = workers * per_worker
     if need > len(gpus):
-        seen = f"CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "visible to MXNet"
+        seen = f"CUDA_VISIBLE_DEVICES={visible}" if visible is not None else f"visible to {framework}"
         raise UsageError(f"--local-workers {workers} x -n {per_worker} needs {need} GPUs on this machine; "
                          f"{len(gpus)} are {seen}")
     return [",".join(gpus[i * per_worker:(i + 1) * per_worker]) for i in range(workers)]
 
 
+def torch_worker_environment(config: Config, port: int, local: int) -> dict:
+    """torch.distributed's env:// variables of this machine's worker ``local``."""
+    workers = config.local_workers
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DMLC_")}
+    env.update({
+        "MASTER_ADDR": config.master_addr, "MASTER_PORT": str(port),
+        "WORLD_SIZE": str(workers * config.nnodes), "RANK": str(config.node_rank * workers + local),
+        "LOCAL_RANK": str(local), "LOCAL_WORLD_SIZE": str(workers), LOCAL_WORKER_ENV: str(local),
+    })
+    if config.master_addr in LOOPBACK:
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")   # else gloo may take the hostname's interface
+    if config.device == "cpu":
+        # W processes that each take every core run slower than W that share them.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    return env
+
+
+def _gpus_seen(engine: str) -> int:
+    """GPUs the engine's framework sees in this process (no CUDA_VISIBLE_DEVICES set)."""
+    if engine == "torch":
+        import torch
+        return torch.cuda.device_count()
+    import mxnet as mx
+    return mx.context.num_gpus()
+
+
 def worker_environments(config: Config, port: int, environ=os.environ) -> List[dict]:
     """The environment of each of this machine's workers."""
-    envs = [dict(job_environment(config, port, "worker"), **{LOCAL_WORKER_ENV: str(i)})
-            for i in range(config.local_workers)]
+    if config.engine == "torch":
+        envs = [torch_worker_environment(config, port, i) for i in range(config.local_workers)]
+    else:
+        envs = [dict(job_environment(config, port, "worker"), **{LOCAL_WORKER_ENV: str(i)})
+                for i in range(config.local_workers)]
     if config.device == "gpu":   # GPU-ONLY but for the CUDA_VISIBLE_DEVICES arithmetic (tested on CPU)
         visible = environ.get("CUDA_VISIBLE_DEVICES")
-        count = None
-        if visible is None:
-            import mxnet as mx
-            count = mx.context.num_gpus()
-        for env, gpus in zip(envs, gpu_assignment(visible, count, config.local_workers, config.num_devices)):
+        count = _gpus_seen(config.engine) if visible is None else None
+        framework = "PyTorch" if config.engine == "torch" else "MXNet"
+        assigned = gpu_assignment(visible, count, config.local_workers, config.num_devices, framework)
+        for env, gpus in zip(envs, assigned):
             env["CUDA_VISIBLE_DEVICES"] = gpus
     return envs
 
@@ -133,14 +170,25 @@ def _stop(children: Sequence[Child]) -> None:
             child.process.wait()
 
 
+def _sigkill_explanation(config: Config, workers: int) -> str:
+    """memory.py's estimate comes from the Gluon model's graph (the same
+    network as the torch engine's); where MXNet cannot be imported (a
+    torch-only install), the explanation without the estimate."""
+    from .memory import machine_memory, sigkill_explanation, sigkill_reason
+
+    try:
+        return sigkill_explanation(config, workers)
+    except ImportError:
+        return sigkill_reason(None, machine_memory())
+
+
 def _failure(child: Child, config: Config) -> str:
     total_workers = config.local_workers
     code = child.process.returncode
     how = (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
     if code == -signal.SIGKILL:
         # Failures are read before _stop sends anything: this SIGKILL came from outside the job.
-        from .memory import sigkill_explanation
-        how += f", which nothing in this job sent: {sigkill_explanation(config, total_workers)}"
+        how += f", which nothing in this job sent: {_sigkill_explanation(config, total_workers)}"
     detail = child.last_lines[-1] if child.last_lines else "no error message"
     who = f"worker {child.index} of {total_workers} on this node" if child.role == "worker" else child.name
     return f"{who} failed ({how}): {detail}; every other process of the job was stopped"
@@ -148,8 +196,11 @@ def _failure(child: Child, config: Config) -> str:
 
 def _first_cause(children: Sequence[Child], workers: Sequence[Child]) -> Child:
     """The failure to report: a worker that refused its input (exit 2) over
-    any other, a worker over a server or the scheduler (they abort when a
-    worker leaves the job). Waits up to CAUSE_WAIT_S for the workers to end."""
+    any other, then a worker killed by a signal over one that exited with an
+    error (torch.distributed peers fail with a connection error when one of
+    them disappears), a worker over a server or the scheduler (they abort
+    when a worker leaves the job). Waits up to CAUSE_WAIT_S for the workers
+    to end."""
     def failed(group):
         return [c for c in group if c.process.poll() not in (None, 0)]
 
@@ -162,45 +213,61 @@ def _first_cause(children: Sequence[Child], workers: Sequence[Child]) -> Child:
         time.sleep(POLL_S)
     time.sleep(POLL_S)   # let the reader threads take the children's last words
     usage = [w for w in failed(workers) if w.process.returncode == EXIT_USAGE]
-    return (usage or failed(workers) or failed(children))[0]
+    killed = [w for w in failed(workers) if w.process.returncode < 0]
+    return (usage or killed or failed(workers) or failed(children))[0]
+
+
+def _start_parameter_servers(config: Config, port: int) -> List[Child]:
+    """ps-lite's scheduler (node 0) and this node's servers (MXNet engine)."""
+    children = []
+    if config.node_rank == 0:
+        children.append(_start("scheduler", 0, [sys.executable, "-c", "import mxnet"],
+                               job_environment(config, port, "scheduler")))
+    for i in range(config.num_servers):
+        # Importing mxnet with DMLC_ROLE=server runs the server loop and exits.
+        children.append(_start("server", i, [sys.executable, "-c", "import mxnet"],
+                               job_environment(config, port, "server")))
+    return children
+
+
+def _supervise(config: Config, children: Sequence[Child], workers: Sequence[Child]) -> int:
+    """Wait until every worker has finished (0), or until a process fails:
+    then stop all the others and report the failure; its exit status."""
+    while True:
+        failed = next((c for c in children if c.process.poll() not in (None, 0)), None)
+        if failed is not None:
+            failed = _first_cause(children, workers)
+            _stop(children)
+            if failed.role == "worker" and failed.process.returncode == EXIT_USAGE and failed.last_lines:
+                # Bad input a worker found: its own line and status, as one process would give.
+                sys.stderr.write(failed.last_lines[-1] + "\n")
+                return EXIT_USAGE
+            sys.stderr.write(f"runner: error: {_failure(failed, config)}\n")
+            return failed.process.returncode if failed.process.returncode > 0 else 1
+        if all(w.process.poll() == 0 for w in workers):
+            return 0
+        time.sleep(POLL_S)
 
 
 def launch(config: Config, argv: Sequence[str]) -> int:
-    """Run this node's scheduler/servers/workers until the job ends; returns the exit status."""
+    """Run this node's processes of the job until it ends; returns the exit status."""
     port = config.master_port or (free_port() if config.nnodes == 1 else DEFAULT_PORT)
     children: List[Child] = []
     worker_envs = worker_environments(config, port)   # may refuse (too few GPUs) before anything starts
     try:
-        if config.node_rank == 0:
-            children.append(_start("scheduler", 0, [sys.executable, "-c", "import mxnet"],
-                                   job_environment(config, port, "scheduler")))
-        for i in range(config.num_servers):
-            # Importing mxnet with DMLC_ROLE=server runs the server loop and exits.
-            children.append(_start("server", i, [sys.executable, "-c", "import mxnet"],
-                                   job_environment(config, port, "server")))
+        if config.engine == "mxnet":
+            children += _start_parameter_servers(config, port)
         workers = [_start("worker", i, [sys.executable, str(TRAIN_PY), *argv], env)
                    for i, env in enumerate(worker_envs)]
         children += workers
-        print(f"started {config.local_workers} worker(s) and {config.num_servers} server(s) on node "
-              f"{config.node_rank} of {config.nnodes} ({config.master_addr}:{port})", flush=True)
-        while True:
-            failed = next((c for c in children if c.process.poll() not in (None, 0)), None)
-            if failed is not None:
-                failed = _first_cause(children, workers)
-                _stop(children)
-                if failed.role == "worker" and failed.process.returncode == EXIT_USAGE and failed.last_lines:
-                    # Bad input a worker found: its own line and status, as one process would give.
-                    sys.stderr.write(failed.last_lines[-1] + "\n")
-                    return EXIT_USAGE
-                sys.stderr.write(f"runner: error: {_failure(failed, config)}\n")
-                return failed.process.returncode if failed.process.returncode > 0 else 1
-            if all(w.process.poll() == 0 for w in workers):
-                break
-            time.sleep(POLL_S)
+        servers = f" and {config.num_servers} server(s)" if config.engine == "mxnet" else ""
+        print(f"started {config.local_workers} worker(s){servers} on node {config.node_rank} of "
+              f"{config.nnodes} ({config.master_addr}:{port})", flush=True)
+        status = _supervise(config, children, workers)
         deadline = time.monotonic() + SERVERS_EXIT_S
-        while time.monotonic() < deadline and any(c.process.poll() is None for c in children):
+        while status == 0 and time.monotonic() < deadline and any(c.process.poll() is None for c in children):
             time.sleep(POLL_S)
-        return 0
+        return status
     except Terminated:
         _stop(children)   # SIGTERM to each: workers finish their step and rank 0 saves its position
         raise Interrupted("stopped by a signal: every process of the job was sent SIGTERM (workers that "

@@ -57,8 +57,9 @@ class TorchSession:
         self.model = build_model(config, self.device)
         self.optimizer = build_optimizer(config, self.model)
         self.precision = _Precision(config, self.device)
+        network, self.gradient_divisor = _data_parallel(self.model, self.device, group)
         # torch.compile traces on the first call; the model itself keeps the parameters and state_dict.
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.forward = torch.compile(network) if config.compile else network
         self.stepper = TorchStepper(self)
 
     def start(self, prefix: Path, position: tuple, meta) -> None:
@@ -125,6 +126,28 @@ class TorchSession:
         images, left_out = int(round(images)), int(round(left_out))
         return {"val_top1": top1 / images, "val_top5": top5 / images, "val_ips": images / seconds,
                 "val_s": seconds, "val_images": images, "skipped_records": left_out}
+
+
+def _data_parallel(model: torch.nn.Module, device: torch.device, group):
+    """(what the steps call, the divisor already in the gradients). Several
+    processes: DDP, whose constructor broadcasts rank 0's weights (and
+    BatchNorm statistics) and whose backward allreduces the gradients. From
+    then on BatchNorm statistics stay each process's own
+    (forward_sync_buffers=False; torch 2.13's name for broadcast_buffers),
+    as MXNet keeps each device's; rank 0's are the ones checkpoints hold.
+
+    DDP AVERAGES the gradients over the processes, and the optimizer wants
+    their sum over the global batch: the stepper passes rescale = world size /
+    global batch rather than replacing DDP's allreduce with a summing comm
+    hook, which would put a Python call on every bucket of every step. With
+    a power-of-two world size both the division and the larger rescale are
+    exact in float32, so the update is the one the summed gradient gives."""
+    if group.size == 1:
+        return model, 1
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False), group.size
 
 
 def score_checkpoint(config: Config, devices, prefix: Path, epoch: int, loader) -> dict:
@@ -219,7 +242,7 @@ class TorchStepper:
         (data, label, pad), = batches
         loss = self._loss(data, label, pad)
         optimizer.zero_grad(set_to_none=True)
-        rescale = 1.0 / self.update_batch
+        rescale = session.gradient_divisor / self.update_batch   # 1 / global batch, DDP's averaging undone
         if precision.dynamic:
             precision.scaler.scale(loss).backward()
             scale = precision.scaler.get_scale()   # the step's one host read (as MXNet's overflow flag)
