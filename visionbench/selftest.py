@@ -94,13 +94,10 @@ def _problems(problems: List[str], fix: str) -> str:
 
 
 def float16_contract_check() -> str:
-    from .engine.float16_contract import float16_graph_problems, master_weight_problems, overflow_check_problems
+    from .engine.float16_contract import all_problems
 
-    problems = overflow_check_problems("resnet50_v1.5")
-    for layout in ("NCHW", "NHWC"):
-        problems += float16_graph_problems("resnet50_v1.5", layout)
-    problems += master_weight_problems("resnet50_v1.5")
-    _problems(problems, "this MXNet build does not behave as visionbench's float16 path needs (report it)")
+    _problems(all_problems("resnet50_v1.5"),
+              "this MXNet build does not behave as visionbench's float16 path needs (report it)")
     return "overflow check on 161 gradient arrays, float16 graph types (NCHW, NHWC), float32 master weights"
 
 
