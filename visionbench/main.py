@@ -18,6 +18,8 @@ def resolve_devices(config: Config) -> Config:
     framework = "PyTorch" if config.engine == "torch" else "MXNet"
     try:
         if config.engine == "torch":
+            from .engines import prepare_torch_threads
+            prepare_torch_threads()
             import torch
             gpus = torch.cuda.device_count()
         else:

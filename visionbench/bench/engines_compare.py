@@ -125,7 +125,10 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..engines import prepare_torch_threads
+
     args = build_parser().parse_args(argv)
+    prepare_torch_threads()   # as --engine torch runs (before either framework starts its threads)
     results = compare(args)
     print(comparison_report(f"ResNet{args.num_layers} v1.5, {args.image_size} px, batch {args.batch_size}, one CPU "
                             f"process, {args.steps} steps per run, {args.repeats} runs each", results, "candidate",

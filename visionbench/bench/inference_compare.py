@@ -140,6 +140,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="threads of both frameworks (default: OMP_NUM_THREADS, else the cores)")
     args = parser.parse_args(argv)
     threads = args.threads or int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    if args.pytorch:
+        from ..engines import prepare_torch_threads
+        prepare_torch_threads()   # as --engine torch runs
     # MXNet's oneDNN kernels read OMP_NUM_THREADS when its engine starts: set it before the first import.
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if args.pytorch:
