@@ -43,6 +43,15 @@ def _resumed_from(out):
 
 
 @pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Three epochs of _args in one go: the weights every interrupted run must end with."""
+    prefix = tmp_path_factory.mktemp("whole") / "m"
+    result = run_runner(*_args(prefix, "-e", "3"))
+    assert result.returncode == 0, result.stderr
+    return prefix
+
+
+@pytest.fixture(scope="module")
 def palette(tmp_path_factory):
     return write_palette_sets(tmp_path_factory.mktemp("torch") / "palette", 160, 100)
 
@@ -69,7 +78,7 @@ def test_the_torch_engine_learns_reports_and_its_checkpoint_scores_as_its_last_v
         in scored.stdout
 
 
-def test_sigterm_mid_epoch_resumes_bit_for_bit(tmp_path):
+def test_sigterm_mid_epoch_resumes_bit_for_bit(uninterrupted, tmp_path):
     prefix, report = tmp_path / "m", tmp_path / "r.json"
     args = _args(prefix, "-e", "3", "--report", report, "--disp-batches", "6")
     job = Job(args)
@@ -84,19 +93,13 @@ def test_sigterm_mid_epoch_resumes_bit_for_bit(tmp_path):
     resumed = run_runner(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert _resumed_from(resumed.stdout) == (1, iteration)
-    whole = tmp_path / "whole" / "m"
-    whole.parent.mkdir()
-    assert run_runner(*_args(whole, "-e", "3")).returncode == 0
-    _assert_same_weights(prefix, whole, 3)
+    _assert_same_weights(prefix, uninterrupted, 3)
     final = json.loads(report.read_text())
     assert final["status"] == "complete" and final["epochs"][1]["train_images"] == 192
     assert all(iteration == 0 for _, iteration in checkpoint.complete_positions(prefix))
 
 
-def test_kill_9_at_four_points_then_resume_equals_uninterrupted(tmp_path):
-    whole = tmp_path / "whole" / "m"
-    whole.parent.mkdir()
-    assert run_runner(*_args(whole, "-e", "3")).returncode == 0
+def test_kill_9_at_four_points_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
     prefix = tmp_path / "cut" / "m"
     prefix.parent.mkdir()
     args = _args(prefix, "-e", "3", "--disp-batches", "4")
@@ -115,7 +118,7 @@ def test_kill_9_at_four_points_then_resume_equals_uninterrupted(tmp_path):
         assert checkpoint.foreign_files(prefix) == [], what
     final = run_runner(*args)
     assert final.returncode == 0, final.stderr
-    _assert_same_weights(prefix, whole, 3)
+    _assert_same_weights(prefix, uninterrupted, 3)
     assert not list(prefix.parent.glob("*partial*")) and not list(prefix.parent.glob(".*partial*"))
 
 
