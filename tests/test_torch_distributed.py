@@ -40,7 +40,10 @@ def _processes_in_group(pgid):
 
 def _local_worker(pid):
     """The launcher's index of worker ``pid`` (VISIONBENCH_LOCAL_WORKER in its environment)."""
-    variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    try:
+        variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:   # ended since pgrep saw it
+        return None
     return next((v.split(b"=", 1)[1].decode() for v in variables if v.startswith(b"VISIONBENCH_LOCAL_WORKER=")), None)
 
 
@@ -186,6 +189,7 @@ def test_killing_one_worker_ends_the_job_and_leaves_no_process(tmp_path):
         line = job.stdout.readline()   # rank 0's first step line: both workers are training
         assert line.startswith("epoch 1/100 batch 1/"), line
         workers = {_local_worker(pid): pid for pid in _processes_in_group(job.pid) if pid != job.pid}
+        workers.pop(None, None)
         assert sorted(workers) == ["0", "1"], workers   # (./runner execs the launcher: job.pid)
         os.kill(workers["1"], signal.SIGKILL)
         killed_at = time.monotonic()
@@ -215,3 +219,18 @@ def test_what_a_torch_job_cannot_run_is_refused_with_one_line(flags, words):
 
     with pytest.raises(UsageError, match=re.escape(words)):
         resolve(["--engine", "torch", "--device", "cpu", "--data-backend", "synthetic", *flags])
+
+
+def test_each_torch_worker_gets_its_rank_and_its_own_gpu():
+    # What torch.distributed's env:// reads, for node 1 of 2 with 2 workers each, and the one GPU
+    # each worker sees (computed from CUDA_VISIBLE_DEVICES: no GPU needed). GPU-ONLY: NCCL itself.
+    from visionbench.config import Config
+    from visionbench.engine.launch import worker_environments
+
+    config = Config(engine="torch", device="gpu", kv_store="dist_sync", local_workers=2, nnodes=2, node_rank=1,
+                    master_addr="10.0.0.1")
+    envs = worker_environments(config, 9100, environ={"CUDA_VISIBLE_DEVICES": "3,2"})
+    names = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "CUDA_VISIBLE_DEVICES", "DMLC_ROLE")
+    assert [{name: env.get(name) for name in names} for env in envs] == [
+        {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "9100", "RANK": str(2 + i), "WORLD_SIZE": "4",
+         "LOCAL_RANK": str(i), "CUDA_VISIBLE_DEVICES": gpu, "DMLC_ROLE": None} for i, gpu in enumerate(("3", "2"))]
