@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from conftest import make_small_demo, one_line_error, run_runner
+from conftest import make_small_demo, one_line_error, run_here, run_runner
 from visionbench.cli import UsageError
 from visionbench.config import Config, resolve
 
@@ -61,12 +61,14 @@ def test_runner_io_mode_prints_throughput(demo_set, backend):
     assert total > 0 and abs(first + second - total) < 0.01 * total + 0.2
 
 
-def test_runner_bad_input(demo_set):
-    line = one_line_error(run_runner("--mode", "io", "--device", "cpu", "--data-root", demo_set, "-b", "5000",
-                                  "--image-size", "32"))
+def test_runner_bad_input(demo_set, capfd):
+    # train.py's main in this process (run_here): refusals need no interpreter start-up each
+    line = one_line_error(run_here(capfd, "--mode", "io", "--device", "cpu", "--data-root", demo_set, "-b", "5000",
+                                   "--image-size", "32"))
     assert "fewer than the batch size 5000" in line
-    line = one_line_error(run_runner("--mode", "io", "--device", "cpu", "--data-root", demo_set, "--image-size", "4"))
+    line = one_line_error(run_here(capfd, "--mode", "io", "--device", "cpu", "--data-root", demo_set,
+                                   "--image-size", "4"))
     assert "below the minimum of 8" in line
-    assert "reads --data-root" in one_line_error(run_runner("--mode", "io", "--device", "cpu"))
-    line = one_line_error(run_runner("--mode", "io", "--device", "gpu", "--data-root", demo_set))
+    assert "reads --data-root" in one_line_error(run_here(capfd, "--mode", "io", "--device", "cpu"))
+    line = one_line_error(run_here(capfd, "--mode", "io", "--device", "gpu", "--data-root", demo_set))
     assert "MXNet sees no GPU" in line
