@@ -186,6 +186,10 @@ def test_each_engine_trains_where_the_other_framework_cannot_be_imported(palette
     assert result.returncode == 0, result.stderr
     [epoch] = json.loads((tmp_path / "r.json").read_text())["epochs"]
     assert epoch["train_images"] == 48 and 0 < epoch["train_loss"] < 10 and epoch["val_top1"] is not None
+    io = subprocess.run(["bash", str(ROOT / "runner"), "--engine", engine, "--mode", "io", "--device", "cpu",
+                         "-b", "16", "--data-root", str(palette), "--image-size", "16", "-i", "3"],
+                        env=env, capture_output=True, text=True, timeout=300)
+    assert io.returncode == 0 and "over 3 steps (48 images" in io.stdout, io.stderr
     other = "mxnet" if engine == "torch" else "torch"   # the engine whose framework is missing: one line
     refused = subprocess.run(["bash", str(ROOT / "runner"), "--engine", other, "--device", "cpu", "--data-root",
                               str(palette), "--model-prefix", str(tmp_path / "other")],

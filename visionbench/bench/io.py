@@ -1,8 +1,9 @@
 """``--mode io``: run only the input pipeline and report its throughput.
 
 Timing starts after ``warmup`` steps (pipeline start-up, first allocations)
-and stops when the last batch is in device memory (``mx.nd.waitall``), so
-the figure is what the training loop would receive per second.
+and stops when the last batch is in device memory (``mx.nd.waitall``, or
+``torch.cuda.synchronize`` for the torch engine's GPU batches), so the
+figure is what the training loop would receive per second.
 """
 from __future__ import annotations
 
@@ -17,21 +18,32 @@ def steps_forever(loader, first_epoch: int = 0) -> Iterator[list]:
         yield from loader.epoch(epoch)
 
 
-def measure_loader(loader, iterations: int, warmup: int) -> dict:
-    """Images per second (padding excluded), in total and per device."""
+def _wait_for_devices(spec) -> None:
+    """Return once every batch copied so far is in its device's memory."""
+    if spec.framework == "torch":
+        import torch
+
+        if any(device.type == "cuda" for device in spec.devices):
+            torch.cuda.synchronize()   # GPU-ONLY
+        return
     import mxnet as mx
 
+    mx.nd.waitall()
+
+
+def measure_loader(loader, iterations: int, warmup: int) -> dict:
+    """Images per second (padding excluded), in total and per device."""
     steps = steps_forever(loader)
     for _ in range(warmup):
         next(steps)
-    mx.nd.waitall()
+    _wait_for_devices(loader.spec)
     devices = len(loader.spec.devices)
     images: List[int] = [0] * devices
     started = time.perf_counter()
     for _ in range(iterations):
         for i, (data, label, pad) in enumerate(next(steps)):
             images[i] += data.shape[0] - pad
-    mx.nd.waitall()
+    _wait_for_devices(loader.spec)
     seconds = time.perf_counter() - started
     return {
         "iterations": iterations,
