@@ -252,6 +252,7 @@ def test_hopper_and_newer_are_refused_under_mxnet_cu112_and_the_rest_run():
     assert message.startswith("GPU 0 (NVIDIA H100 80GB HBM3) has compute capability 9.0, which mxnet-cu112 1.9.1 "
                               "cannot run (it carries GPU code for sm_50/60/70/80/86 only, no PTX)")
     assert "Ada" in message and "--device cpu" in message
+    assert "on this GPU train with --engine torch" in message   # the way forward on Hopper and newer
 
 
 def test_a_gpu_run_stops_at_start_on_a_hopper_gpu(monkeypatch):

@@ -75,7 +75,8 @@ def unsupported_message(gpu: Gpu, build: Tuple[str, str]) -> str:
     arch_list = "/".join(f"{major}{minor}" for major, minor in architectures)
     return (f"GPU {gpu.index} ({gpu.name}) has compute capability {gpu.capability_text}, which {build[0]} "
             f"{build[1]} cannot run (it carries GPU code for sm_{arch_list} only, no PTX); it runs on GPUs of "
-            f"{RUNS_ON}; pick such GPUs with CUDA_VISIBLE_DEVICES, or use --device cpu")
+            f"{RUNS_ON}; on this GPU train with --engine torch (PyTorch), pick such GPUs with "
+            "CUDA_VISIBLE_DEVICES, or use --device cpu")
 
 
 def check_gpus_supported(gpus: Sequence[Gpu], build: Optional[Tuple[str, str]]) -> None:
