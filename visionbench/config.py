@@ -104,8 +104,9 @@ class Config:
                                        help="float16: a static loss scale, or 'dynamic' (default)")
     kv_store: str = option("device", "--kv-store", choices=KV_STORES,
                            help="gradient aggregation: device/local/nccl within this machine; dist_sync or "
-                                "dist_device_sync: MXNet's parameter server across workers and machines; "
-                                "horovod (optional extra, one device per process, started by horovodrun)")
+                                "dist_device_sync: MXNet's parameter server across workers and machines "
+                                "(--engine torch: torch.distributed data parallel, one device per worker); "
+                                "horovod (MXNet; optional extra, one device per process, started by horovodrun)")
     # --- several workers (--kv-store dist_sync|dist_device_sync)
     nnodes: int = option(1, "--nnodes", metavar="N", help="machines in the job")
     node_rank: int = option(0, "--node-rank", metavar="R", help="this machine's index, 0..N-1 (0 runs the scheduler)")
