@@ -231,3 +231,54 @@ def test_a_non_finite_float32_loss_stops_the_epoch_naming_the_step():
     session.stepper.step([(data * float("nan"), torch.arange(4.0), 0)], 0.1, 0.9, 0, 1)
     with pytest.raises(RunFailure, match=r"not finite \(NaN or Inf\) at epoch 1, iteration 1"):
         session.stepper.finish()
+
+
+def test_both_engines_take_the_same_steps_from_the_same_weights_and_batches():
+    """ResNet18 v1.5 with one set of weights (Gluon's, converted), the same
+    batches, an LR and momentum that change every step, weight decay on the
+    weights only: the two engines' forward, loss, backward and update agree
+    to float32 rounding (it grows step by step: the network is chaotic, so
+    bit-for-bit is not expected across frameworks). BatchNorm's running
+    variance is left out: MXNet keeps the biased batch variance, PyTorch the
+    unbiased one (README, "Two engines")."""
+    from dataclasses import replace
+
+    import mxnet as mx
+    import numpy as np
+
+    from visionbench.config import Config
+    from visionbench.engine.collective import Single
+    from visionbench.engine.precision import LossScaler, resolve_precision
+    from visionbench.engine.trainer import MxnetStepper, Run, build_net, build_trainer
+    from visionbench.engines.torch.session import TorchSession
+    from visionbench.models.convert import gluon_to_torch
+
+    config = Config(device="cpu", num_layers=18, num_classes=10, image_size=32, batch_size=8,
+                    data_backend="synthetic", wd=5e-4, bn_wd=False, init_bn0=True)
+    precision = resolve_precision("float32", "cpu", None)
+    net = build_net(config, [mx.cpu()], precision)
+    mxnet_steps = MxnetStepper(Run(config, [mx.cpu()], precision, net, build_trainer(config, net, precision), None,
+                                   LossScaler(1.0, False), Single()))
+    session = TorchSession(replace(config, engine="torch"), [torch.device("cpu")], Single(), None)
+
+    def gluon_weights():
+        converted = gluon_to_torch({p.name: p.data().asnumpy() for p in net.collect_params().values()},
+                                   "resnet18_v1.5")
+        return {name: torch.as_tensor(np.asarray(value)) for name, value in converted.items()}
+
+    session.model.load_state_dict(gluon_weights())
+    rng = np.random.default_rng(0)
+    mxnet_steps.begin(8)
+    session.stepper.begin(8)
+    for step in range(3):
+        data, label = rng.random((8, 3, 32, 32), dtype=np.float32), rng.integers(0, 10, 8).astype(np.float32)
+        lr, momentum = 0.05 * (step + 1), 0.95 - 0.02 * step
+        mxnet_steps.step([(mx.nd.array(data), mx.nd.array(label), 0)], lr, momentum, 0, step)
+        session.stepper.step([(torch.from_numpy(data), torch.from_numpy(label), 0)], lr, momentum, 0, step)
+    assert mxnet_steps.finish() == pytest.approx(session.stepper.finish(), rel=1e-5)
+    expected, found = gluon_weights(), session.model.state_dict()
+    compared = [name for name in expected if "running_var" not in name and "num_batches" not in name]
+    assert len(compared) == 62 + 20   # ResNet18's 62 trainable arrays and its 20 BatchNorm running means
+    for name in compared:
+        scale = expected[name].abs().max().item() or 1.0
+        assert (expected[name] - found[name]).abs().max().item() <= 1e-3 * scale, name
