@@ -12,7 +12,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT, one_line_error, run_runner
+from conftest import ROOT, one_line_error, run_here
 from visionbench.cli import RunFailure, UsageError
 from visionbench.config import Config
 from visionbench.engine import checkpoint
@@ -40,10 +40,10 @@ def _meta(epoch):
 FOREIGN = ["m-0001.params", "m-0001.states", "m-symbol.json", "m-0003.json", "m-0001-000012.params", "m-0002.bnstats"]
 
 
-def test_a_users_checkpoint_file_stops_the_run_before_anything_is_written(tmp_path):
+def test_a_users_checkpoint_file_stops_the_run_before_anything_is_written(tmp_path, capfd):
     (tmp_path / "m-0001.params").write_bytes(b"MXNet's own save_checkpoint wrote this")
     before = _folder(tmp_path)
-    result = run_runner(*_args(tmp_path / "m", "-e", "2", "--keep-checkpoints", "1"))
+    result = run_here(capfd, *_args(tmp_path / "m", "-e", "2", "--keep-checkpoints", "1"))   # a refusal: in-process
     assert result.returncode == 2
     line = one_line_error(result)
     assert f"{tmp_path / 'm-0001.params'} look like checkpoints but are not complete ones of visionbench" in line
@@ -236,11 +236,12 @@ def test_partial_files_of_a_killed_meta_or_journal_write_are_removed_at_the_next
     assert _folder(tmp_path) == before
 
 
-def test_a_real_write_failure_through_the_runner(tmp_path):
+def test_a_real_write_failure_through_the_runner(tmp_path, capfd):
     # A file-size limit (ulimit -f, in KiB) below a checkpoint's .params: the
-    # second checkpoint cannot be written.
+    # second checkpoint cannot be written. The first epoch trains in this
+    # process (run_here: no interpreter start-up); the limited run is train.py's.
     prefix = tmp_path / "m"
-    assert run_runner(*_args(prefix, "-e", "1")).returncode == 0
+    assert run_here(capfd, *_args(prefix, "-e", "1")).returncode == 0
     size = sum(os.path.getsize(f"{prefix}-0001{suffix}") for suffix in (".params", ".states"))
     before = _folder(tmp_path)
     command = " ".join(["ulimit -f 20000;", "exec", sys.executable, str(ROOT / "train.py"),

@@ -205,17 +205,18 @@ def test_scoring_the_last_checkpoint_on_as_many_devices_reproduces_its_validatio
     import json
     import re
 
-    from conftest import make_small_demo, run_here, run_runner
+    from conftest import make_small_demo, run_here
 
     folder = tmp_path_factory.mktemp("scored")
     data = make_small_demo(folder / "demo", 8, val_per_class=20)   # 200 val images: a BatchNorm change shows
     prefix, report = folder / "m", folder / "report.json"
     common = ["--device", "cpu", "-n", "3", "-b", "4", "--data-root", data, "--image-size", "32", "--num-layers", "18",
               "--num-classes", "10", "--model-prefix", prefix]
-    trained = run_runner(*common, "--lr", "0.4", "--warmup-epochs", "0", "-e", "2", "--report", report)
+    # Both runs in this process (run_here: no interpreter start-up each).
+    trained = run_here(capfd, *common, "--lr", "0.4", "--warmup-epochs", "0", "-e", "2", "--report", report)
     assert trained.returncode == 0, trained.stderr
     last = json.loads(report.read_text())["epochs"][-1]
-    scored = run_here(capfd, *common, "--mode", "val", "--load-epoch", "2")   # a scoring: in this process
+    scored = run_here(capfd, *common, "--mode", "val", "--load-epoch", "2")
     assert scored.returncode == 0, scored.stderr
     found = re.search(r"val top-1 ([0-9.]+) top-5 ([0-9.]+) over (\d+) images", scored.stdout)
     assert found, scored.stdout

@@ -83,7 +83,7 @@ def uninterrupted(request, tmp_path_factory):
         yield Reference(prefix, request.param, process)
 
 
-def test_kill_9_at_five_points_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
+def test_kill_9_at_five_points_then_resume_equals_uninterrupted(uninterrupted, tmp_path, capfd):
     """Five kills, each at an event of the run: during start-up (its lock is
     taken, no step yet), mid-epoch before any checkpoint, mid-epoch after
     checkpoints, right after a checkpoint, and during a checkpoint write.
@@ -119,7 +119,7 @@ def test_kill_9_at_five_points_then_resume_equals_uninterrupted(uninterrupted, t
             assert checkpoint.journal_path(prefix).exists() or list(tmp_path.glob(".m.partial-*")), what
             assert (4, 0) not in after, what
     newest = checkpoint.complete_positions(prefix)[-1]
-    final = run_runner(*args)
+    final = run_here(capfd, *args)   # the last rerun, killed by nobody: in this process (no start-up)
     assert final.returncode == 0, final.stderr
     assert _resumed_from(final.stdout) == newest
     _assert_same_final_state(prefix, uninterrupted.prefix(), 4, devices)
@@ -138,7 +138,7 @@ def _sigterm_mid_epoch(args, at_line):
     return int(re.search(r"iteration (\d+)", line)[1]), line
 
 
-def test_sigterm_mid_epoch_on_synthetic_data_resumes_bit_for_bit(uninterrupted, tmp_path):
+def test_sigterm_mid_epoch_on_synthetic_data_resumes_bit_for_bit(uninterrupted, tmp_path, capfd):
     # The kill -9 test's run (192 images: 24 steps an epoch on one device, 8 on three), interrupted
     # by SIGTERM in epoch 2 and resumed: its final state is that test's uninterrupted run's.
     devices = uninterrupted.devices
@@ -152,7 +152,7 @@ def test_sigterm_mid_epoch_on_synthetic_data_resumes_bit_for_bit(uninterrupted, 
     validate_report(partial, "train_report")
     assert partial["status"] == "interrupted" and [e["epoch"] for e in partial["epochs"]] == [0]
     assert not Path(f"{prefix}.lock").exists()
-    resumed = run_runner(*args)
+    resumed = run_here(capfd, *args)   # the resumed run, never interrupted: in this process (no start-up)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {prefix}-0001-{iteration:06d} (epoch 1 of 4 done, and {iteration} steps of the next)" \
         in resumed.stdout
@@ -185,7 +185,7 @@ def _fed(log, name):
     return json.loads((log / name).read_text())
 
 
-def test_sigterm_mid_epoch_on_dali_data_feeds_the_same_records_from_that_step(position_labelled, tmp_path):
+def test_sigterm_mid_epoch_on_dali_data_feeds_the_same_records_from_that_step(position_labelled, tmp_path, capfd):
     # 96 images, 2 devices x 4: 12 steps an epoch. The uninterrupted run and
     # the interrupted + resumed one must feed each step the same records and
     # their devices receive the same labels (labels are positions here).
@@ -197,7 +197,7 @@ def test_sigterm_mid_epoch_on_dali_data_feeds_the_same_records_from_that_step(po
     with background_runner(*_dali_args(position_labelled, tmp_path / "whole" / "m", whole_log, "-e", "2")) as run:
         args = _dali_args(position_labelled, tmp_path / "cut" / "m", cut_log, "-e", "2", "--disp-batches", "3")
         iteration, _ = _sigterm_mid_epoch(args, r"^epoch 2/2 batch 6/")
-        resumed = run_runner(*args)
+        resumed = run_here(capfd, *args)   # in this process (no start-up)
         whole = finish(run)
     assert whole.returncode == 0, whole.stderr
     assert resumed.returncode == 0, resumed.stderr
@@ -216,9 +216,9 @@ def test_sigterm_mid_epoch_on_dali_data_feeds_the_same_records_from_that_step(po
 
 def test_a_diverged_float32_loss_stops_with_epoch_and_iteration(tmp_path, capfd):
     prefix = tmp_path / "m"
-    assert run_runner(*_args(prefix, "-e", "1")).returncode == 0
+    assert run_here(capfd, *_args(prefix, "-e", "1")).returncode == 0   # both runs in this process
     kept = _params(prefix, 1)
-    diverged = run_here(capfd, *_args(prefix, "-e", "2", "--lr", "1e30"))   # in this process: no start-up
+    diverged = run_here(capfd, *_args(prefix, "-e", "2", "--lr", "1e30"))
     assert diverged.returncode == 1
     line = one_line_error(diverged)
     assert "loss is not finite (NaN or Inf) at epoch 2, iteration" in line and "checkpoints written so far are kept" in line
@@ -242,13 +242,13 @@ def test_a_second_run_on_the_same_prefix_is_refused_until_the_first_dies(tmp_pat
     first = Job(_args(prefix, "-e", "50"))
     try:
         assert first.wait_for_file(tmp_path, "m.lock"), "the first run ended before taking its lock"
-        second = run_here(capfd, *_args(prefix, "-e", "50"))   # in this process: no start-up
+        second = run_here(capfd, *_args(prefix, "-e", "50"))   # this run and the third in this process
         assert second.returncode == 2
         assert "is in use by a run still going (pid" in one_line_error(second)
     finally:
         first.kill()
     assert Path(f"{prefix}.lock").exists()   # left by the killed run, but not held
-    third = run_runner(*_args(prefix, "-e", "1"))
+    third = run_here(capfd, *_args(prefix, "-e", "1"))
     assert third.returncode == 0, third.stderr
     assert not Path(f"{prefix}.lock").exists()
 
@@ -283,8 +283,8 @@ def _damaged_args(root, tmp_path, *extra):
             "--model-prefix", tmp_path / "m", "--report", tmp_path / "r.json", *extra]
 
 
-def test_an_undecodable_record_stops_the_run_by_default_naming_record_and_file(damaged_data, tmp_path):
-    result = run_runner(*_damaged_args(damaged_data, tmp_path))
+def test_an_undecodable_record_stops_the_run_by_default_naming_record_and_file(damaged_data, tmp_path, capfd):
+    result = run_here(capfd, *_damaged_args(damaged_data, tmp_path))   # in this process (capfd: DALI's lines too)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
     assert lines[-1] == (f"train.py: error: record 9 of {damaged_data}/train.rec is not a decodable image "
@@ -294,8 +294,8 @@ def test_an_undecodable_record_stops_the_run_by_default_naming_record_and_file(d
     assert not list(tmp_path.glob("m-*.params"))
 
 
-def test_bad_records_skip_trains_on_and_counts_what_it_left_out(damaged_data, tmp_path):
-    result = run_runner(*_damaged_args(damaged_data, tmp_path, "--bad-records", "skip"))
+def test_bad_records_skip_trains_on_and_counts_what_it_left_out(damaged_data, tmp_path, capfd):
+    result = run_here(capfd, *_damaged_args(damaged_data, tmp_path, "--bad-records", "skip"))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     validate_report(report, "train_report")

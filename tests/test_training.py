@@ -182,7 +182,7 @@ def test_kill_and_resume_equals_uninterrupted(tiny_demo, tmp_path, capfd):
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
         assert not Path(f"{killed}-0003.json").exists(), "the run finished before the kill"
-        resumed = run_runner(*_train_args(tiny_demo, killed, "-e", "3", "--report", tmp_path / "killed.json"))
+        resumed = run_here(capfd, *_train_args(tiny_demo, killed, "-e", "3", "--report", tmp_path / "killed.json"))
         result = finish(uninterrupted)
     assert result.returncode == 0, result.stderr
     assert resumed.returncode == 0, resumed.stderr
@@ -215,7 +215,7 @@ def test_kill_and_resume_equals_uninterrupted(tiny_demo, tmp_path, capfd):
 
 def test_resume_refuses_another_model_and_fresh_runs_keep_existing_files(tiny_demo, tmp_path, capfd):
     prefix = tmp_path / "m"
-    assert run_runner(*_train_args(tiny_demo, prefix, "-e", "1", "--mode", "train")).returncode == 0
+    assert run_here(capfd, *_train_args(tiny_demo, prefix, "-e", "1", "--mode", "train")).returncode == 0
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     other = run_here(capfd, *_train_args(tiny_demo, prefix, "-e", "2", "--num-layers", "34"))
     assert "holds resnet18_v1.5 with 10 classes, not resnet34_v1.5" in one_line_error(other)
