@@ -12,7 +12,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT, one_line_error, run_here
+from conftest import ROOT, one_line_error, run_here, run_runner
 from visionbench.cli import RunFailure, UsageError
 from visionbench.config import Config
 from visionbench.engine import checkpoint
@@ -236,12 +236,11 @@ def test_partial_files_of_a_killed_meta_or_journal_write_are_removed_at_the_next
     assert _folder(tmp_path) == before
 
 
-def test_a_real_write_failure_through_the_runner(tmp_path, capfd):
+def test_a_real_write_failure_through_the_runner(tmp_path):
     # A file-size limit (ulimit -f, in KiB) below a checkpoint's .params: the
-    # second checkpoint cannot be written. The first epoch trains in this
-    # process (run_here: no interpreter start-up); the limited run is train.py's.
+    # second checkpoint cannot be written.
     prefix = tmp_path / "m"
-    assert run_here(capfd, *_args(prefix, "-e", "1")).returncode == 0
+    assert run_runner(*_args(prefix, "-e", "1")).returncode == 0
     size = sum(os.path.getsize(f"{prefix}-0001{suffix}") for suffix in (".params", ".states"))
     before = _folder(tmp_path)
     command = " ".join(["ulimit -f 20000;", "exec", sys.executable, str(ROOT / "train.py"),
