@@ -1,7 +1,6 @@
 """Shared fixtures: small image trees, and running the entry scripts for real."""
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -97,39 +96,12 @@ def run_runner(*args, timeout: float = 300):
                           timeout=timeout, env=runner_env())
 
 
-@contextlib.contextmanager
-def background(command, env: dict, cwd=None):
-    """``command`` started in the background (the Popen, stdout and stderr
-    piped), killed on leaving if still running: a test whose runs do not
-    depend on each other overlaps them, so that the second core works while
-    one run starts up (single-threaded imports, seconds)."""
-    process = subprocess.Popen([str(word) for word in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env, cwd=cwd)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-
-
-def background_runner(*args):
-    """./runner in the background (``background``), as run_runner runs it."""
-    return background(["bash", ROOT / "runner", *args], runner_env())
-
-
-def finish(process: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Wait for a ``background`` run: what subprocess.run would have returned."""
-    out, err = process.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
-
-
 def run_here(capfd, *args, prog: str = "train.py") -> subprocess.CompletedProcess:
     """train.py's main (or benchmark.py's) in this process, as ./runner runs
     it (run_main: the exit status, one-line errors), with what the run wrote
     to stdout and stderr (capfd: C++ libraries' lines too). For runs that
-    need no fresh interpreter (a refusal, a scoring): no seconds of start-up
-    each (importing MXNet alone takes 1.4 s of CPU)."""
+    need no fresh interpreter (a refusal, a scoring, a run nobody kills): no
+    seconds of start-up each (importing MXNet alone takes 1.4 s of CPU)."""
     from visionbench.cli import run_main
 
     if prog == "benchmark.py":

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, background, finish, one_line_error, run_tool
+from conftest import ROOT, one_line_error, run_tool
 from visionbench.config import resolve
 from visionbench.engine.plan import make_plan
 from visionbench.report.schema import validate_report
@@ -18,17 +18,9 @@ from visionbench.report.schema import validate_report
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.sh"))
 
 
-def example_command(name, *args):
-    return ["bash", str(ROOT / "examples" / name), *map(str, args)]
-
-
-def example_env(env=None):
-    return dict(env or {}, PYTHON=sys.executable, PATH="/usr/bin:/bin")
-
-
 def run_example(name, *args, env=None):
-    return subprocess.run(example_command(name, *args), capture_output=True, text=True, timeout=240,
-                          env=example_env(env))
+    return subprocess.run(["bash", str(ROOT / "examples" / name), *map(str, args)], capture_output=True,
+                          text=True, timeout=240, env=dict(env or {}, PYTHON=sys.executable, PATH="/usr/bin:/bin"))
 
 
 def example_argv(name):
@@ -180,16 +172,14 @@ BENCHMARKS = {
 def test_benchmark_recipes_run_on_a_cpu_with_overrides(name, tmp_path):
     flags, mode = BENCHMARKS[name]
     assert " ".join(example_argv(name)).startswith(flags)
-    report = tmp_path / "r.json"
-    # The recipe as written (refused: no GPU) runs in the background, beside the sweep with overrides.
-    with background(example_command(name, "-o", tmp_path / "never.json"), example_env()) as as_written:
-        # The recipe's dtype is kept and float32 added: a float16 point cannot run
-        # on a CPU and must be recorded as an error, the sweep going on.
-        dtypes = "float16,float32" if "FP16" in name else "float32"
-        result = run_example(name, "--device", "cpu", "-n", "1", "-b", "2", "--dtype", dtypes, "-i", "2", "-e", "2",
-                             "-w", "1", "--num-layers", "18", "--image-size", "16", "-o", report)
-        no_gpu = finish(as_written)
+    no_gpu = run_example(name, "-o", tmp_path / "never.json")
     assert no_gpu.returncode == 2 and "MXNet sees no GPU" in one_line_error(no_gpu)
+    report = tmp_path / "r.json"
+    # The recipe's dtype is kept and float32 added: a float16 point cannot run
+    # on a CPU and must be recorded as an error, the sweep going on.
+    dtypes = "float16,float32" if "FP16" in name else "float32"
+    result = run_example(name, "--device", "cpu", "-n", "1", "-b", "2", "--dtype", dtypes, "-i", "2", "-e", "2",
+                         "-w", "1", "--num-layers", "18", "--image-size", "16", "-o", report)
     assert result.returncode == 0, result.stderr
     records = json.loads(report.read_text())
     validate_report(records, "benchmark_report")

@@ -2,7 +2,6 @@
 training (estimate against a measured peak, refusal of a run that cannot
 fit), and the GPU environment settings (pointwise fusion on Ada with an old
 NVRTC), whose rules are pure and tested here on CPU."""
-import contextlib
 import math
 import re
 import resource
@@ -11,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import ROOT, background, finish, one_line_error, runner_env
+from conftest import ROOT, one_line_error, runner_env
 from visionbench.config import Config
 from visionbench.engine import memory
 from visionbench.engine.gpu_settings import apply_environment, mxnet_environment
@@ -39,17 +38,12 @@ def _train_args(batch):
             "--image-size", "64", "--num-layers", "18", "--num-classes", "1000"]
 
 
-def _peak_rss(batches):
-    """{batch: peak resident memory (bytes) of a real training process}. The
-    runs overlap (each reads the peak of its own address space), so that one
-    starts up while the other trains."""
-    with contextlib.ExitStack() as runs:
-        started = {batch: runs.enter_context(background([runner_env()["PYTHON"], "-c", PEAK_RSS, *_train_args(batch)],
-                                                         runner_env(), cwd=ROOT)) for batch in batches}
-        results = {batch: finish(process) for batch, process in started.items()}
-    for result in results.values():
-        assert result.returncode == 0, result.stderr
-    return {batch: int(re.search(r"peak-rss-kib (\d+)", result.stdout)[1]) * 1024 for batch, result in results.items()}
+def _peak_rss(batch):
+    """Peak resident memory (bytes) of a real training process."""
+    result = subprocess.run([runner_env()["PYTHON"], "-c", PEAK_RSS, *_train_args(batch)], capture_output=True,
+                            text=True, timeout=300, cwd=ROOT, env=runner_env())
+    assert result.returncode == 0, result.stderr
+    return int(re.search(r"peak-rss-kib (\d+)", result.stdout)[1]) * 1024
 
 
 def test_the_memory_estimate_follows_the_measured_peak_of_real_runs():
@@ -57,7 +51,7 @@ def test_the_memory_estimate_follows_the_measured_peak_of_real_runs():
 
     small, large = 16, 64
     estimates = {b: memory.estimate_training_memory(resolve(_train_args(b)), 1) for b in (small, large)}
-    peaks = _peak_rss((small, large))
+    peaks = {b: _peak_rss(b) for b in (small, large)}
     for batch in (small, large):
         # The refusal rests on this: the estimate is never more than 1.5 x the real peak (a run
         # is refused beyond REFUSE_FACTOR = 2 x the machine), and not far below it (about 1.1 here).

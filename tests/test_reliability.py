@@ -11,7 +11,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import Job, background_runner, finish, one_line_error, run_here, run_runner
+from conftest import Job, one_line_error, run_here, run_runner
 from visionbench.engine import checkpoint
 from visionbench.report.schema import validate_report
 
@@ -58,29 +58,15 @@ KILL_POINTS = {1: ("4", r"^epoch 1/4 batch 8/", r"^epoch 3/4 batch 12/"),
                3: ("2", r"^epoch 1/4 batch 4/", r"^epoch 3/4 batch 4/")}
 
 
-class Reference:
-    """The uninterrupted run of 4 epochs: what the kill -9 test's and the
-    SIGTERM test's interrupted runs must end with, bit for bit. It runs in
-    the background while the first of them interrupts and resumes its own
-    run (they share nothing): its steps overlap their start-ups."""
-
-    def __init__(self, prefix: Path, devices: int, process):
-        self.devices, self._prefix, self._process, self._result = devices, prefix, process, None
-
-    def prefix(self) -> Path:
-        """Its model prefix, once it has ended well."""
-        if self._result is None:
-            self._result = finish(self._process)
-        assert self._result.returncode == 0, self._result.stderr
-        return self._prefix
-
-
 @pytest.fixture(scope="module", params=[1, 3], ids=["1 device", "3 devices"])
 def uninterrupted(request, tmp_path_factory):
-    """One reference run for both tests (a whole run less per device count)."""
+    """The reference run, 4 epochs uninterrupted: what the kill -9 test's and
+    the SIGTERM test's interrupted runs must end with, bit for bit (one
+    reference for both tests: a whole run less per device count)."""
     prefix = tmp_path_factory.mktemp("whole") / "m"
-    with background_runner(*_args(prefix, "-e", "4", devices=request.param)) as process:
-        yield Reference(prefix, request.param, process)
+    result = run_runner(*_args(prefix, "-e", "4", devices=request.param))
+    assert result.returncode == 0, result.stderr
+    return prefix, request.param
 
 
 def test_kill_9_at_five_points_then_resume_equals_uninterrupted(uninterrupted, tmp_path, capfd):
@@ -90,7 +76,7 @@ def test_kill_9_at_five_points_then_resume_equals_uninterrupted(uninterrupted, t
     Each rerun resumes from the newest complete checkpoint and says so; the
     final weights are the uninterrupted run's, bit for bit (synthetic data),
     and on 3 devices every device's BatchNorm statistics too."""
-    devices = uninterrupted.devices
+    uninterrupted, devices = uninterrupted
     display, in_epoch_1, in_epoch_3 = KILL_POINTS[devices]
     prefix = tmp_path / "m"
     args = _args(prefix, "-e", "4", "--disp-batches", display, devices=devices)
@@ -122,7 +108,7 @@ def test_kill_9_at_five_points_then_resume_equals_uninterrupted(uninterrupted, t
     final = run_here(capfd, *args)   # the last rerun, killed by nobody: in this process (no start-up)
     assert final.returncode == 0, final.stderr
     assert _resumed_from(final.stdout) == newest
-    _assert_same_final_state(prefix, uninterrupted.prefix(), 4, devices)
+    _assert_same_final_state(prefix, uninterrupted, 4, devices)
     assert not list(tmp_path.glob(".*partial*")) and not checkpoint.journal_path(prefix).exists()
 
 
@@ -141,7 +127,7 @@ def _sigterm_mid_epoch(args, at_line):
 def test_sigterm_mid_epoch_on_synthetic_data_resumes_bit_for_bit(uninterrupted, tmp_path, capfd):
     # The kill -9 test's run (192 images: 24 steps an epoch on one device, 8 on three), interrupted
     # by SIGTERM in epoch 2 and resumed: its final state is that test's uninterrupted run's.
-    devices = uninterrupted.devices
+    whole, devices = uninterrupted
     prefix, report = tmp_path / "m", tmp_path / "r.json"
     steps, display = (24, 10) if devices == 1 else (8, 2)
     args = _args(prefix, "-e", "4", "--report", report, "--disp-batches", display, devices=devices)
@@ -156,7 +142,7 @@ def test_sigterm_mid_epoch_on_synthetic_data_resumes_bit_for_bit(uninterrupted, 
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {prefix}-0001-{iteration:06d} (epoch 1 of 4 done, and {iteration} steps of the next)" \
         in resumed.stdout
-    _assert_same_final_state(prefix, uninterrupted.prefix(), 4, devices)   # the README's promise: bit for bit
+    _assert_same_final_state(prefix, whole, 4, devices)   # the README's promise: bit for bit
     final = json.loads(report.read_text())
     assert final["status"] == "complete" and [e["epoch"] for e in final["epochs"]] == list(range(4))
     assert final["epochs"][1]["train_images"] == 192   # the interrupted epoch counts every image once
@@ -192,14 +178,11 @@ def test_sigterm_mid_epoch_on_dali_data_feeds_the_same_records_from_that_step(po
     (tmp_path / "whole").mkdir(), (tmp_path / "cut").mkdir()
     whole_log, cut_log = tmp_path / "whole-log", tmp_path / "cut-log"
     whole_log.mkdir(), cut_log.mkdir()
-    # The uninterrupted run goes on in the background while the other is interrupted and resumed
-    # (they share nothing): one start-up and the first epoch overlap on the second core.
-    with background_runner(*_dali_args(position_labelled, tmp_path / "whole" / "m", whole_log, "-e", "2")) as run:
-        args = _dali_args(position_labelled, tmp_path / "cut" / "m", cut_log, "-e", "2", "--disp-batches", "3")
-        iteration, _ = _sigterm_mid_epoch(args, r"^epoch 2/2 batch 6/")
-        resumed = run_here(capfd, *args)   # in this process (no start-up)
-        whole = finish(run)
+    whole = run_runner(*_dali_args(position_labelled, tmp_path / "whole" / "m", whole_log, "-e", "2"))
     assert whole.returncode == 0, whole.stderr
+    args = _dali_args(position_labelled, tmp_path / "cut" / "m", cut_log, "-e", "2", "--disp-batches", "3")
+    iteration, _ = _sigterm_mid_epoch(args, r"^epoch 2/2 batch 6/")
+    resumed = run_here(capfd, *args)   # in this process (no start-up)
     assert resumed.returncode == 0, resumed.stderr
     assert f"and {iteration} steps of the next" in resumed.stdout
     reference = _fed(whole_log, "rank-0-epoch-1.json")

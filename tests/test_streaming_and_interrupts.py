@@ -1,8 +1,6 @@
 """folder_to_rec streams (memory flat in the image count) and never leaves a
 finished-looking set behind when it is killed."""
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import DATA_PREP, background, finish, run_tool
+from conftest import DATA_PREP, run_tool
 from visionbench.data.recordio import OUTPUT_SUFFIXES, verify_record_set
 
 # Measures the writer process and its (joined) workers, in MiB.
@@ -36,18 +34,12 @@ def _noise_tree(root, count, side, classes=4, seed=0):
         cv2.imwrite(str(folder / f"{i:05d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
-def _peak_rss(runs):
-    """{name: the peaks of a writer run} for runs {name: (src, prefix, workers)}.
-    The runs overlap (each measures its own process and its own workers), so
-    that one starts up while another packs."""
-    with contextlib.ExitStack() as stack:
-        started = {name: stack.enter_context(background([sys.executable, "-c", PEAK_RSS_SCRIPT, src, prefix,
-                                                         "--workers", workers, "--no-progress"], dict(os.environ)))
-                   for name, (src, prefix, workers) in runs.items()}
-        results = {name: finish(process) for name, process in started.items()}
-    for result in results.values():
-        assert result.returncode == 0, result.stderr
-    return {name: json.loads(result.stdout.strip().splitlines()[-1]) for name, result in results.items()}
+def _peak_rss(src, prefix, workers):
+    result = subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT, str(src), str(prefix),
+                             "--workers", str(workers), "--no-progress"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_peak_memory_does_not_grow_with_image_count(tmp_path):
@@ -56,10 +48,9 @@ def test_peak_memory_does_not_grow_with_image_count(tmp_path):
     _noise_tree(tmp_path / "small", 500, 64)
     _noise_tree(tmp_path / "large", 5000, 64, seed=1)
     data_mib = sum(f.stat().st_size for f in (tmp_path / "large").rglob("*.jpg")) / 2**20
-    peaks = _peak_rss({(size, workers): (tmp_path / size, tmp_path / f"{size[0]}{workers}", workers)
-                       for size in ("small", "large") for workers in (1, 2)})
     for workers in (1, 2):
-        small, large = peaks["small", workers], peaks["large", workers]
+        small = _peak_rss(tmp_path / "small", tmp_path / f"s{workers}", workers)
+        large = _peak_rss(tmp_path / "large", tmp_path / f"l{workers}", workers)
         print(f"\npeak RSS, {workers} worker(s): 500 images {small['main_mib']:.1f} MiB (workers "
               f"{small['worker_mib']:.1f}), 5000 images {large['main_mib']:.1f} MiB (workers "
               f"{large['worker_mib']:.1f}); 5000 images hold {data_mib:.1f} MiB")

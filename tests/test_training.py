@@ -13,7 +13,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT, background_runner, finish, one_line_error, run_here, run_runner, runner_env
+from conftest import ROOT, one_line_error, run_here, run_runner, runner_env
 from visionbench.config import Config
 from visionbench.engine.plan import make_plan
 from visionbench.engine.precision import LossScaler, Precision, resolve_precision
@@ -165,26 +165,24 @@ def _params(prefix, epoch):
 def test_kill_and_resume_equals_uninterrupted(tiny_demo, tmp_path, capfd):
     whole = tmp_path / "whole" / "m"
     whole.parent.mkdir()
+    result = run_runner(*_train_args(tiny_demo, whole, "-e", "3", "--report", tmp_path / "whole.json",
+                                     "--dawn-tsv", tmp_path / "whole.tsv"))
+    assert result.returncode == 0, result.stderr
     killed = tmp_path / "killed" / "m"
     killed.parent.mkdir()
-    # The uninterrupted run goes on in the background while the other is killed and resumed (they
-    # share nothing): one start-up and the first epochs overlap on the second core.
-    with background_runner(*_train_args(tiny_demo, whole, "-e", "3", "--report", tmp_path / "whole.json",
-                                        "--dawn-tsv", tmp_path / "whole.tsv")) as uninterrupted:
-        args = ["bash", str(ROOT / "runner"), *map(str, _train_args(tiny_demo, killed, "-e", "3",
-                                                                    "--report", tmp_path / "killed.json"))]
-        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   env=runner_env())   # as run_runner: both runs in one environment
-        deadline = time.monotonic() + 240
-        while not Path(f"{killed}-0001.json").exists():
-            assert process.poll() is None and time.monotonic() < deadline, "no first checkpoint"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
-        assert not Path(f"{killed}-0003.json").exists(), "the run finished before the kill"
-        resumed = run_here(capfd, *_train_args(tiny_demo, killed, "-e", "3", "--report", tmp_path / "killed.json"))
-        result = finish(uninterrupted)
-    assert result.returncode == 0, result.stderr
+    args = ["bash", str(ROOT / "runner"), *map(str, _train_args(tiny_demo, killed, "-e", "3",
+                                                                "--report", tmp_path / "killed.json"))]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=runner_env())   # as run_runner: both runs in one environment
+    deadline = time.monotonic() + 240
+    while not Path(f"{killed}-0001.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no first checkpoint"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    assert not Path(f"{killed}-0003.json").exists(), "the run finished before the kill"
+    # The resumed run, killed by nobody: in this process (run_here: no interpreter start-up).
+    resumed = run_here(capfd, *_train_args(tiny_demo, killed, "-e", "3", "--report", tmp_path / "killed.json"))
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout
     final_whole, final_killed = _params(whole, 3), _params(killed, 3)
