@@ -190,7 +190,7 @@ def test_a_resumed_lars_trainer_continues_exactly(tmp_path):
 
 
 def test_fused_chunks_keep_one_size_per_call_and_small_arrays_together():
-    from visionbench.engine.lars import FUSED_UPDATE_LIMIT, fused_chunks
+    from visionbench.engines.mxnet.lars import FUSED_UPDATE_LIMIT, fused_chunks
 
     assert fused_chunks([]) == []
     big = [2359296] * 3 + [1179648] + [589824] * 3
@@ -200,7 +200,7 @@ def test_fused_chunks_keep_one_size_per_call_and_small_arrays_together():
 
 
 def test_device_rates_fill_runs_and_copy_the_rest():
-    from visionbench.engine.lars import device_rates
+    from visionbench.engines.mxnet.lars import device_rates
 
     for values in ([0.1] * 5 + [1e-4] * 3 + [0.0] * 4, [0.5, 0.25, 0.125, 1.0, 2.0, 3.0]):
         rates = device_rates(values, mx.cpu())
@@ -268,3 +268,18 @@ def test_float16_lars_steps_on_float32_master_weights_equal_the_hand_computation
             np.testing.assert_allclose(master.asnumpy(), weights[param.name], rtol=2e-5, atol=1e-6,
                                        err_msg=f"step {step + 1}, {param.name}")
             np.testing.assert_array_equal(param.data().asnumpy(), master.asnumpy().astype(param.dtype))
+
+
+def test_optimizer_states_written_before_lars_moved_into_the_mxnet_engine_still_load():
+    """A .states file pickles its optimizer by module path: files written when
+    LARS lived in visionbench/engine/lars.py name that module."""
+    import io
+    import pickle
+
+    from visionbench.engine.checkpoint import _StatesUnpickler
+    from visionbench.engines.mxnet.lars import VisionbenchLARS
+
+    written_before = b"cvisionbench.engine.lars\nVisionbenchLARS\n."   # protocol 0: the class by its old path
+    with pytest.raises(ModuleNotFoundError):
+        pickle.loads(written_before)
+    assert _StatesUnpickler(io.BytesIO(written_before)).load() is VisionbenchLARS

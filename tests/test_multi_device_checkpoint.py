@@ -176,7 +176,7 @@ def test_resume_loads_each_devices_optimizer_state_onto_that_device(tmp_path):
 
 class RefusingOptimizer(mx.optimizer.SGD):
     """An optimizer that refuses an old state of its own when unpickled, the
-    way engine/lars.py may refuse an older LARS state format."""
+    way engines/mxnet/lars.py may refuse an older LARS state format."""
 
     def __setstate__(self, state):
         raise UsageError("optimizer state of an older LARS format: resume it with the release that wrote it")

@@ -282,3 +282,15 @@ def test_both_engines_take_the_same_steps_from_the_same_weights_and_batches():
     for name in compared:
         scale = expected[name].abs().max().item() or 1.0
         assert (expected[name] - found[name]).abs().max().item() <= 1e-3 * scale, name
+
+
+def test_only_the_mxnet_engines_package_imports_mxnet_at_module_level(tmp_path):
+    """The mirror of test_int8's torch check: every module of the package but
+    engines/mxnet's imports where ``import mxnet`` fails."""
+    code = ("import pkgutil, importlib, visionbench\n"
+            "for m in pkgutil.walk_packages(visionbench.__path__, 'visionbench.'):\n"
+            "    if not m.name.startswith('visionbench.engines.mxnet.') and not m.name.endswith('__main__'):\n"
+            "        importlib.import_module(m.name)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=_blocking(tmp_path, "mxnet"), capture_output=True,
+                            text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr

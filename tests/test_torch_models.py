@@ -15,7 +15,8 @@ import torch
 from visionbench.cli import UsageError, run_main
 from visionbench.engine.checkpoint import _write_weights
 from visionbench.engines.torch import models as torch_models
-from visionbench.models import convert, get_model, model_names, resnet, resnet9
+from visionbench.engines.mxnet import resnet, resnet9
+from visionbench.models import convert, get_model, model_names
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 10

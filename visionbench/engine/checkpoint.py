@@ -46,8 +46,10 @@ a run never replaces, renames or deletes a file it did not write.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -496,13 +498,11 @@ def _set_states_on_each_device(trainer, path: Path) -> None:
     them. The file is unpickled once (host memory for files of this suite;
     an older file's arrays land on the device it was saved from, once), and
     each updater gets its own copy on its own device."""
-    import pickle
-
     _set_up_kvstore(trainer)   # what Trainer.load_states does first
     if trainer._update_on_kvstore:   # the state lives in the kvstore: MXNet's own reader
         trainer.load_states(str(path))
         return
-    saved = pickle.loads(path.read_bytes())
+    saved = _StatesUnpickler(io.BytesIO(path.read_bytes())).load()
     states, optimizer = saved if isinstance(saved, tuple) and len(saved) == 2 else (saved, trainer._optimizer)
     # updater K applies the updates of every parameter's copy K (Trainer._update), on context K
     for updater, context in zip(trainer._updaters, trainer._contexts):
@@ -511,6 +511,18 @@ def _set_states_on_each_device(trainer, path: Path) -> None:
         updater.optimizer = optimizer
     trainer._optimizer = optimizer
     optimizer.param_dict = dict(enumerate(trainer._params))   # not pickled: the Trainer's own parameters
+
+
+# Modules that moved since checkpoints named them: a .states file pickles its
+# optimizer by module path (LARS moved into the MXNet engine's package).
+_MOVED_MODULES = {"visionbench.engine.lars": "visionbench.engines.mxnet.lars"}
+
+
+class _StatesUnpickler(pickle.Unpickler):
+    """pickle's reader, with the optimizer classes of older files found where they live now."""
+
+    def find_class(self, module: str, name: str):
+        return super().find_class(_MOVED_MODULES.get(module, module), name)
 
 
 def _int8_models_of(params: Path) -> List[Path]:

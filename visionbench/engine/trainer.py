@@ -59,7 +59,7 @@ def build_trainer(config: Config, net, precision: Precision, kvstore=None):
     options = {"learning_rate": 0.0, "momentum": config.momentum, "wd": config.wd,
                "multi_precision": precision.multi_precision}
     if config.optimizer == "lars":
-        from .lars import VisionbenchLARS
+        from ..engines.mxnet.lars import VisionbenchLARS
 
         optimizer = VisionbenchLARS(eta=config.lars_eta, epsilon=config.lars_epsilon, **options)
         options = None

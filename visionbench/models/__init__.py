@@ -30,4 +30,4 @@ def get_model(name: str, **kwargs):
 
 
 def _load() -> None:
-    from . import resnet, resnet9  # noqa: F401 - registers the models
+    from ..engines.mxnet import resnet, resnet9  # noqa: F401 - registers the Gluon models

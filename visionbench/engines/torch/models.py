@@ -1,5 +1,5 @@
-"""PyTorch ResNets weight-compatible with the Gluon ones (models/resnet.py,
-models/resnet9.py): ``get_torch_model(name, classes, init_bn0)`` for every
+"""PyTorch ResNets weight-compatible with the Gluon ones (engines/mxnet/resnet.py,
+engines/mxnet/resnet9.py): ``get_torch_model(name, classes, init_bn0)`` for every
 name of the Gluon registry.
 
 Weight compatibility. Each network registers its parameters and BatchNorm
@@ -51,7 +51,7 @@ from torch import nn
 
 from ...cli import UsageError
 
-# Layers per stage and block kind; the same table as models/resnet.py (which
+# Layers per stage and block kind; the same table as engines/mxnet/resnet.py (which
 # this module cannot import: it imports mxnet). A test checks both agree.
 DEPTHS = {18: ([2, 2, 2, 2], "basic"), 34: ([3, 4, 6, 3], "basic"), 50: ([3, 4, 6, 3], "bottleneck"),
           101: ([3, 4, 23, 3], "bottleneck"), 152: ([3, 8, 36, 3], "bottleneck")}

@@ -1,5 +1,5 @@
 """The torch engine's optimizer: MXNet 1.9.1's ``sgd`` (momentum) and ``nag``
-(Nesterov) updates and visionbench's LARS (engine/lars.py), written with
+(Nesterov) updates and visionbench's LARS (engines/mxnet/lars.py), written with
 torch's multi-tensor ``_foreach_*`` operators, so that both engines move the
 weights through the same float32 numbers.
 
@@ -21,7 +21,7 @@ multiply-add, which rounds once where MXNet's CPU kernels round twice):
 - Both create the state (zeros) at the first step whose momentum is not 0
   (MXNet creates it at the first update, and none when the momentum is 0 then;
   MXNet fails where a step with momentum finds none: this starts one).
-- lars (engine/lars.py, MXNet's ``multi_lars`` then
+- lars (engines/mxnet/lars.py, MXNet's ``multi_lars`` then
   ``preloaded_multi_sgd_mom_update``): for the adapted group, each tensor's
   rate ``lr_k = lr*eta*|w| / (|g|*rescale + wd*|w| + eps)`` when ``|w| > 0``
   and ``|g| > 0`` (else ``lr``), then sgd's momentum update with ``lr_k``;
@@ -266,7 +266,7 @@ def build_optimizer(config, model: torch.nn.Module) -> MXNetOptimizer:
     """The optimizer the MXNet engine's build_trainer builds, for a torch model:
     group 0 the weights (decayed; adapted by LARS), group 1 BatchNorm
     parameters and biases (decayed only with --bn-wd and sgd; LARS neither
-    adapts nor decays them, as engine/lars.py). lr starts at 0: the run loop
+    adapts nor decays them, as engines/mxnet/lars.py). lr starts at 0: the run loop
     sets lr and momentum before every step."""
     if config.optimizer == "lars" and config.nesterov:
         raise UsageError("--optimizer lars takes plain momentum (as MLPerf's reference); leave out --nesterov")

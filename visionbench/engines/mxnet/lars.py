@@ -65,7 +65,7 @@ from typing import List, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
-from ..cli import UsageError
+from ...cli import UsageError
 
 # Parameters LARS leaves unadapted and undecayed (MLPerf: "batch norm and bias").
 UNADAPTED_SUFFIXES = ("gamma", "beta", "bias")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from mxnet.gluon import nn
 
-from . import register
+from ...models import register
 
 OUTPUT_SCALE = 0.125   # cifar10-fast's logit multiplier
 

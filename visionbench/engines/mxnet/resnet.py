@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from mxnet.gluon import nn
 
-from . import register
+from ...models import register
 
 # layers per stage, block kind
 DEPTHS = {18: ([2, 2, 2, 2], "basic"), 34: ([3, 4, 6, 3], "basic"), 50: ([3, 4, 6, 3], "bottleneck"),
