@@ -234,3 +234,96 @@ def test_each_torch_worker_gets_its_rank_and_its_own_gpu():
     assert [{name: env.get(name) for name in names} for env in envs] == [
         {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "9100", "RANK": str(2 + i), "WORLD_SIZE": "4",
          "LOCAL_RANK": str(i), "CUDA_VISIBLE_DEVICES": gpu, "DMLC_ROLE": None} for i, gpu in enumerate(("3", "2"))]
+
+
+class _ThreadGroup:
+    """The workers of a job as threads of this process, with the one
+    collective run_epoch uses (a sum over the workers): every worker adds the
+    same lists in the same order, so all get the same floats."""
+
+    def __init__(self, rank, size, slots, barrier):
+        self.rank, self.size, self._slots, self._barrier = rank, size, slots, barrier
+
+    def sum(self, values):
+        self._slots[self.rank] = [float(v) for v in values]
+        self._barrier.wait()
+        total = [sum(column) for column in zip(*self._slots)]
+        self._barrier.wait()   # every worker has read before the next sum writes
+        return total
+
+
+class _StopDuringStep:
+    """A SIGTERM that lands during step ``step`` (from 1) of an epoch: run_epoch reads
+    ``requested`` once after each step."""
+
+    def __init__(self, step):
+        self._reads_left = step
+
+    @property
+    def requested(self):
+        self._reads_left -= 1
+        return signal.SIGTERM if self._reads_left <= 0 else None
+
+
+def _epoch_on_two_workers(workers, plan, epoch, start=None, stop_step=None):
+    """run_epoch on each worker (a thread each, as a job's processes): each worker's result."""
+    import threading
+
+    from visionbench.engine.epoch import run_epoch
+
+    slots, barrier = [None] * len(workers), threading.Barrier(len(workers))
+    results = [None] * len(workers)
+
+    def work(rank):
+        torch.set_num_threads(THREADS)   # per thread: OpenMP's thread count is each thread's own setting
+        session, loader = workers[rank]
+        stop = _StopDuringStep(stop_step) if stop_step else None
+        results[rank] = run_epoch(session.stepper, session.config, plan, _ThreadGroup(rank, 2, slots, barrier),
+                                  epoch, loader, progress=False, start=start, stop=stop)
+
+    threads = [threading.Thread(target=work, args=(rank,)) for rank in range(len(workers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(result is not None for result in results), "a worker failed (its traceback is above)"
+    return results
+
+
+def test_a_resumed_epoch_counts_each_workers_images_and_loss_once(tmp_path):
+    """A 2-worker job stopped mid-epoch and resumed reports the epoch's loss and
+    images as an uninterrupted job: rank 0's checkpoint holds the position and
+    the epoch's sums so far, and every worker resumes from that checkpoint."""
+    from visionbench.config import resolve
+    from visionbench.engine.collective import Single
+    from visionbench.engine.epoch import EpochProgress
+    from visionbench.engine.run import plan_for
+    from visionbench.engine.trainer import _loader
+    from visionbench.engines.torch.session import TorchSession
+
+    config = resolve(_args(tmp_path / "m", "-e", 1))
+    plan = plan_for(config, 1, 2)
+    devices = [torch.device("cpu")]
+
+    def two_workers():
+        # Each worker's own model, same seed (no DDP: the sums over workers are what is tested); rank r's shard.
+        return [(TorchSession(config, devices, Single(), plan),
+                 _loader(config, "train", plan.settings(0), devices, rank, 2, {})) for rank in (0, 1)]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)   # two workers on a loaded 2-core machine: 0.15 s a step, not seconds
+    try:
+        whole = _epoch_on_two_workers(two_workers(), plan, 0)
+        cut_job = two_workers()
+        cut = _epoch_on_two_workers(cut_job, plan, 0, stop_step=2)
+        assert [result["complete"] for result in cut] == [False, False]
+        saved = cut[0]["progress"].to_dict()   # what rank 0 writes into the checkpoint's meta
+        assert saved["iteration"] == 2
+        resumed = _epoch_on_two_workers(cut_job, plan, 0, start=EpochProgress(**saved))
+    finally:
+        torch.set_num_threads(threads)
+    assert whole[0]["images"] == resumed[0]["images"] == resumed[1]["images"] == EXAMPLES
+    # Rank 1's shard has other images than rank 0's: counting rank 0's first two steps twice (and
+    # rank 1's not at all) moves the mean loss by far more than float rounding.
+    assert resumed[0]["train_loss"] == resumed[1]["train_loss"]
+    assert resumed[0]["train_loss"] == pytest.approx(whole[0]["train_loss"], rel=1e-6)

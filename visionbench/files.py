@@ -11,7 +11,7 @@ import errno
 import os
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)$")
 
@@ -72,12 +72,20 @@ def write_text_atomic(final: Path, text: str) -> None:
 
 
 def write_bytes_atomic(final: Path, data: bytes) -> None:
+    write_atomic(final, lambda tmp: tmp.write_bytes(data))
+
+
+def write_atomic(final: Path, write: Callable[[Path], None], overwrite: bool = True) -> None:
+    """``write(tmp)`` fills a temporary file beside ``final`` (for libraries
+    that save to a path: ``mx.nd.save``, ``torch.save``); it is fsynced and
+    renamed into place, or removed if anything fails. With ``overwrite``
+    False an existing ``final`` is kept and FileExistsError raised."""
     tmp = partial_path(final)
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write(tmp)
+        fsync_path(tmp)
+        if not overwrite and final.exists():   # appeared while ``write`` ran
+            raise FileExistsError(errno.EEXIST, "exists; not overwritten", str(final))
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)

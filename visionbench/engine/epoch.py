@@ -39,9 +39,11 @@ class Stepper(Protocol):
 
 @dataclass
 class EpochProgress:
-    """How far an epoch got: where to resume it, and its sums so far (this
-    worker's), so that a resumed epoch reports the same figures as an
-    uninterrupted one."""
+    """How far an epoch got: where to resume it, and its sums so far over
+    every worker of the job (the time: rank 0's), so that a resumed epoch
+    reports the same figures as an uninterrupted one. Rank 0 saves it in the
+    checkpoint and every worker resumes from that one copy: the sums are the
+    job's, added once, after the workers' new sums are added up."""
     iteration: int = 0        # steps of the epoch done
     loss_sum: float = 0.0
     images: int = 0
@@ -75,7 +77,9 @@ def run_epoch(stepper: Stepper, config: Config, plan, group, epoch: int, loader,
               start: EpochProgress = None, stop=None) -> dict:
     """Train ``epoch`` from ``start.iteration`` on. ``stop.requested`` (set
     by a signal handler) ends the epoch after the current step; the result
-    then has ``complete`` False and the ``progress`` to resume from."""
+    then has ``complete`` False and the ``progress`` to resume from. Either
+    way the epoch's sums are added up over the workers (``group.sum``), so
+    every worker of a job must end the epoch after the same step."""
     start = start or EpochProgress()
     devices = len(loader.spec.devices)
     num_workers = group.size if group is not None else 1
@@ -84,7 +88,7 @@ def run_epoch(stepper: Stepper, config: Config, plan, group, epoch: int, loader,
     skipped_before, left_out_before = stepper.skipped_steps, loader.skipped_records
     shown = _Progress(epoch, plan.epochs, steps, start, progress, config.disp_batches)
     received = [] if config.sample_log else None   # labels each device received, step by step
-    images, lr, iteration = start.images, 0.0, start.iteration
+    images, lr, iteration = 0, 0.0, start.iteration   # images: this worker's since ``start``
     started = time.perf_counter()
     for iteration, batches in zip(range(start.iteration, steps), loader.epoch(epoch, start.iteration)):
         lr, momentum = plan.schedule.at(epoch, iteration, steps)
@@ -98,20 +102,28 @@ def run_epoch(stepper: Stepper, config: Config, plan, group, epoch: int, loader,
             break
     else:
         iteration = steps
-    loss_sum = start.loss_sum + stepper.finish()   # the epoch's one wait for the devices
+    loss_sum = stepper.finish()   # the epoch's one wait for the devices
     seconds = start.seconds + time.perf_counter() - started
     shown.close()
-    left_out = start.skipped_records + loader.skipped_records - left_out_before
+    # The job's sums since ``start``, then the saved ones: each worker's counted once.
+    loss_sum, images, left_out = _job_sums(group, [loss_sum, images, loader.skipped_records - left_out_before])
+    loss_sum, images, left_out = start.loss_sum + loss_sum, start.images + images, start.skipped_records + left_out
     fed = {"first_step": start.iteration, "labels_by_step": received} if received is not None else None
     if iteration < steps:
         return {"complete": False, "progress": EpochProgress(iteration, loss_sum, images, seconds, left_out),
                 "lr": lr, "fed": fed}
-    if group is not None:   # every worker's images and loss; the time is this worker's
-        loss_sum, images, left_out = group.sum([loss_sum, images, left_out])
-        images, left_out = int(round(images)), int(round(left_out))
     return {"complete": True, "train_loss": loss_sum / max(images, 1), "train_ips": images / seconds,
             "epoch_train_s": seconds, "lr": lr, "skipped_steps": stepper.skipped_steps - skipped_before,
             "images": images, "iterations": steps, "skipped_records": left_out, "fed": fed}
+
+
+def _job_sums(group, values: list) -> list:
+    """``values`` (loss sum, images, records left out) summed over every worker;
+    the counts back to ints (sums of floats up to 2^24 are exact in float32)."""
+    if group is None:
+        return values
+    loss_sum, images, left_out = group.sum(values)
+    return [loss_sum, int(round(images)), int(round(left_out))]
 
 
 def _labels(label, pad: int) -> list:
@@ -126,7 +138,7 @@ class _Progress:
     def __init__(self, epoch: int, epochs: int, steps: int, start: EpochProgress, shown: bool, disp_batches: int):
         self.epoch, self.epochs, self.steps = epoch, epochs, steps
         self.disp_batches = disp_batches if shown else 0
-        self.last = (0.0, start.images, time.perf_counter())   # loss sum, images, clock at the last line
+        self.last = (0.0, 0, time.perf_counter())   # this run's loss sum, images, clock at the last line
         self.bar = None
         if shown:
             from tqdm import tqdm

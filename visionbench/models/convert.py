@@ -30,7 +30,6 @@ The output file is never overwritten and appears complete or not at all.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from ..cli import ArgumentParser, UsageError, last_error_line, positive_int, run_main
-from ..files import fsync_dir, fsync_path, partial_path
+from ..files import write_atomic
 
 GLUON_SUFFIXES = ("running_mean", "running_var", "gamma", "beta", "weight", "bias")
 # Gluon parameter kind -> the torch name that holds it
@@ -243,7 +242,7 @@ def write_gluon_file(arrays: Dict[str, np.ndarray], path: Path) -> None:
     import mxnet as mx
 
     nd_arrays = {key: mx.nd.array(value, dtype=value.dtype) for key, value in arrays.items()}
-    _write_atomic(Path(path), lambda tmp: mx.nd.save(str(tmp), nd_arrays))
+    _write_new(Path(path), lambda tmp: mx.nd.save(str(tmp), nd_arrays))
 
 
 def read_torch_file(path: Path):
@@ -269,23 +268,16 @@ def read_torch_file(path: Path):
 def write_torch_file(state_dict, path: Path) -> None:
     import torch
 
-    _write_atomic(Path(path), lambda tmp: torch.save(state_dict, str(tmp)))
+    _write_new(Path(path), lambda tmp: torch.save(state_dict, str(tmp)))
 
 
-def _write_atomic(final: Path, write: Callable[[Path], None]) -> None:
-    """Write under a temporary name beside ``final``, then rename: a killed
-    conversion leaves no finished-looking file, and none is overwritten."""
-    tmp = partial_path(final)
+def _write_new(final: Path, write: Callable[[Path], None]) -> None:
+    """files.write_atomic that never overwrites: a killed conversion leaves
+    no finished-looking file, and a file that appeared meanwhile is kept."""
     try:
-        write(tmp)
-        fsync_path(tmp)
-        if final.exists():   # appeared while we converted
-            raise UsageError(f"{final} exists; not overwritten")
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(final.parent)
+        write_atomic(final, write, overwrite=False)
+    except FileExistsError:
+        raise UsageError(f"{final} exists; not overwritten")
 
 
 def _direction(source: Path, target: Path) -> str:
