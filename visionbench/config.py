@@ -57,8 +57,10 @@ class Config:
     data_root: Optional[str] = option(None, "--data-root", metavar="DIR",
                                       help="folder with train.rec/.idx and val.rec/.idx (data_prep/)")
     data_backend: Optional[str] = option(None, "--data-backend",
-                                         choices=("dali-gpu", "dali-cpu", "mxnet", "synthetic"),
-                                         help="input pipeline; synthetic: random tensors, no I/O "
+                                         choices=("dali-gpu", "dali-cpu", "mxnet", "synthetic", "nvjpeg"),
+                                         help="input pipeline; synthetic: random tensors, no I/O; nvjpeg "
+                                              "(--engine torch, no DALI): JPEGs decoded by nvJPEG and augmented "
+                                              "on the GPU (OpenCV on --device cpu, for tests) "
                                               "(None: dali-gpu on GPUs, dali-cpu on CPUs)")
     batch_size: int = option(192, "-b", "--batch-size", metavar="B", help="images per device per step")
     image_size: int = option(224, "--image-size", metavar="S", help="network input side, pixels")
@@ -419,7 +421,7 @@ def check(config: Config) -> None:
 # What the torch engine does not run (yet), each with the reason; everything
 # else means the same on both engines.
 _TORCH_REFUSALS = (
-    (lambda c: c.data_backend == "mxnet", "--data-backend mxnet is MXNet's ImageRecordIter: use dali-cpu, "
+    (lambda c: c.data_backend == "mxnet", "--data-backend mxnet is MXNet's ImageRecordIter: use dali-cpu, nvjpeg, "
                                           "dali-gpu or synthetic"),
     (lambda c: c.dtype == "int8", "--dtype int8 is MXNet's oneDNN quantization: use --engine mxnet"),
     # dist_sync and dist_device_sync both run (engine/collective.py's TorchGroup: DDP, one device a process).
@@ -442,6 +444,9 @@ def check_engine(config: Config) -> None:
                              "float32 on CPUs: not offered)")
         if config.compile:
             raise UsageError("--compile is torch.compile: use it with --engine torch")
+        if config.data_backend == "nvjpeg":
+            raise UsageError("--data-backend nvjpeg decodes and augments with PyTorch: use it with --engine torch "
+                             "(dali-gpu or dali-cpu on --engine mxnet)")
         return
     for refused, reason in _TORCH_REFUSALS:
         if refused(config):

@@ -10,7 +10,8 @@
 
 With ``framework="torch"`` the devices are torch.device objects and the
 batches torch.Tensors (devices.py; the ``mxnet`` backend is MXNet's own
-iterator, so it is refused there).
+iterator, so it is refused there, and ``nvjpeg`` decodes and augments with
+torch, engines/torch/nvjpeg.py, so it feeds torch only).
 
 Every step has a batch for every device. Epochs are pure functions of
 (seed, epoch): ``loader.epoch(e)`` can be replayed, e.g. after a resume.
@@ -34,7 +35,9 @@ MIN_IMAGE_SIZE = 8   # pixels
 
 
 # Backends that feed torch: the mxnet backend is MXNet's ImageRecordIter.
-TORCH_BACKENDS = ("synthetic", "dali-cpu", "dali-gpu")
+TORCH_BACKENDS = ("synthetic", "dali-cpu", "dali-gpu", "nvjpeg")
+# nvjpeg decodes and augments with torch (engines/torch/nvjpeg.py): torch only.
+TORCH_ONLY_BACKENDS = ("nvjpeg",)
 
 
 class DeviceBatch(NamedTuple):
@@ -79,11 +82,25 @@ def check_spec(spec: LoaderSpec) -> None:
         raise UsageError("--data-backend dali-gpu needs GPU devices; use dali-cpu with --device cpu")
     if spec.bad_records not in BAD_RECORD_POLICIES:
         raise UsageError(f"unknown bad-record policy {spec.bad_records!r} (choose from {', '.join(BAD_RECORD_POLICIES)})")
+    _check_nvjpeg(spec)
     if spec.bad_records == "skip" and spec.backend == "mxnet":
         raise UsageError("--bad-records skip needs a DALI backend (dali-cpu or dali-gpu); "
                          "the mxnet backend's ImageRecordIter stops at an undecodable record")
     if spec.backend != "synthetic" and spec.prefix is None:
         raise UsageError(f"--data-backend {spec.backend} needs a dataset (--data-root)")
+
+
+def _check_nvjpeg(spec: LoaderSpec) -> None:
+    """What the nvjpeg backend does not do, and the dtype only it emits."""
+    if spec.dtype == "bfloat16" and spec.backend != "nvjpeg":
+        raise UsageError(f"bfloat16 batches come from --data-backend nvjpeg only, not {spec.backend}")
+    if spec.backend != "nvjpeg":
+        return
+    if spec.bad_records == "skip":
+        raise UsageError("--bad-records skip needs a DALI backend (dali-cpu or dali-gpu); "
+                         "nvjpeg stops at an undecodable record, naming it")
+    if spec.augment.rect_val and not spec.train:
+        raise UsageError("rectangular validation needs dali-cpu or dali-gpu, not --data-backend nvjpeg")
 
 
 def _check_framework(spec: LoaderSpec) -> None:
@@ -96,6 +113,8 @@ def _check_framework(spec: LoaderSpec) -> None:
             raise UsageError(f"device {device} is not a {spec.framework} device")
         if device_kind(device) not in ("cpu", "gpu"):
             raise UsageError(f"device {device}: the data loaders feed CPUs and CUDA GPUs only")
+    if spec.framework != "torch" and spec.backend in TORCH_ONLY_BACKENDS:
+        raise UsageError(f"--data-backend {spec.backend} feeds the torch engine only (--engine torch)")
     if spec.framework == "torch" and spec.backend not in TORCH_BACKENDS:
         raise UsageError(f"--data-backend {spec.backend} feeds the mxnet engine only; "
                          f"with --engine torch use {', '.join(TORCH_BACKENDS)}")
@@ -168,7 +187,7 @@ class Loader:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[List[DeviceBatch]]:
         """The steps of ``epoch`` from ``start_step`` on (a resume inside an
-        epoch): a list of one DeviceBatch per device each. DALI backends skip
+        epoch): a list of one DeviceBatch per device each. DALI and nvjpeg skip
         the first steps without reading them; ``mxnet`` reads and drops them."""
         spec = self.spec
         if spec.backend == "synthetic":
@@ -182,10 +201,15 @@ class Loader:
                 if step >= start_step:
                     yield [DeviceBatch(*part) for part in parts]
             return
-        from .dali import dali_epoch
         plans = [plan.from_step(start_step) for plan in self.plans(epoch)]
         if not len(plans[0].positions):
             return
+        if spec.backend == "nvjpeg":
+            from ..engines.torch.nvjpeg import nvjpeg_epoch
+            for parts in nvjpeg_epoch(spec, self._reader, plans, epoch):
+                yield [DeviceBatch(*part) for part in parts]
+            return
+        from .dali import dali_epoch
         skip = self._leave_out if spec.bad_records == "skip" else None
         for parts, dropped in dali_epoch(spec, self._reader, plans, epoch, self.left_out, skip):
             self.skipped_records += dropped

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 if TYPE_CHECKING:
     from ..config import Config
 
-BACKENDS = ("dali-gpu", "dali-cpu", "mxnet", "synthetic")
-DTYPES = ("float32", "float16")
+BACKENDS = ("dali-gpu", "dali-cpu", "mxnet", "synthetic", "nvjpeg")
+DTYPES = ("float32", "float16", "bfloat16")   # bfloat16: --data-backend nvjpeg only
 LAYOUTS = ("NCHW", "NHWC")
 BAD_RECORD_POLICIES = ("fail", "skip")
 
@@ -52,7 +52,7 @@ class LoaderSpec:
     image_size: int                   # side of the (square) network input, pixels
     devices: Sequence                 # per local device: mx.Context (mxnet) or torch.device (torch); see devices.py
     backend: str = "dali-cpu"
-    dtype: str = "float32"            # of the data the pipeline emits
+    dtype: str = "float32"            # of the data the pipeline emits (bfloat16: nvjpeg only)
     layout: str = "NCHW"
     rank: int = 0                     # this worker's index
     num_workers: int = 1

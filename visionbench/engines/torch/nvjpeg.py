@@ -1,0 +1,296 @@
+"""``--data-backend nvjpeg``: RecordIO -> nvJPEG -> augmentation in torch, no DALI.
+
+Records are read by our RecordReader (memory-mapped .rec, .idx offsets) on
+one reader thread, ``READ_AHEAD`` steps ahead of training. A batch's JPEG
+bytes are decoded in one call on the GPU (``decode_on_gpu``: torchcodec's
+nvJPEG decoder when installed, torchvision's otherwise) and augmented there
+on the whole batch with torch ops, emitting the spec's dtype (float32,
+float16 or bfloat16) and layout (NHWC: NCHW-shaped with channels_last
+strides, as loader.DeviceBatch says) directly.
+
+Which record goes where is the sampler's (sampling.py, the same plans as the
+DALI backends); the random crops, flips and Cutout squares are our sampler's
+too (data/crop_windows.py: a pure function of (seed, epoch, dataset
+position)), so an epoch replays exactly on resume.
+
+Decoding is the only GPU-only step. On a CPU device ("--device cpu", the
+tests) the reader thread decodes with OpenCV into the same uint8 (3, H, W)
+RGB tensors nvJPEG returns, and everything after decoding is the code the GPU
+runs. Geometry, in pixels:
+
+- imagenet train: the sampler's window, resized to size x size (bilinear,
+  antialiased when shrinking, as DALI's resize), flipped when drawn;
+- imagenet val: the shorter side resized to round(size / VAL_RESIZE_RATIO)
+  (the longer ``shorter * long // short``), then the centre size x size at
+  offset ``(side - size) // 2``: dali.py's ``_resize_shorter_center_crop``;
+- cifar train: reflect pad, crop, flip, Cutout (set to 0 after
+  normalisation), images already size x size; cifar val: the centre crop.
+
+Resampled pixels are rounded to whole 0..255 values, as DALI's uint8 resize
+output is, before normalisation.
+"""
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, List, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...data.crop_windows import cifar_draws, imagenet_draws, imagenet_windows
+from ...data.devices import device_kind
+from ...data.recordio import BadRecordSet, RecordReader
+from ...data.sampling import ShardEpoch
+from ...data.spec import VAL_RESIZE_RATIO, LoaderSpec
+
+READ_AHEAD = 3   # steps the reader thread reads (and, on CPUs, decodes) ahead of training
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class HostBatch(NamedTuple):
+    """One device's batch as the reader thread leaves it."""
+    positions: np.ndarray        # dataset positions
+    pad: int                     # trailing samples that repeat earlier ones
+    labels: np.ndarray           # (batch,) float32, as stored
+    encoded: List[torch.Tensor]  # 1-D uint8 JPEG bytes per sample, on the host
+    decoded: Optional[list]      # CPU devices: OpenCV's (3, H, W) uint8 RGB tensors; GPUs: None
+    draws: Optional[tuple]       # the sampler's choices (crop_windows), None for val
+
+
+def decode_with_opencv(payload, what: str) -> torch.Tensor:
+    """(3, H, W) uint8 RGB, the layout nvJPEG's decoders return. EXIF
+    orientation is ignored, as decode_jpeg's default and DALI's decoder do."""
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise BadRecordSet(f"{what} is not a decodable image")
+    return torch.from_numpy(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+
+
+def decode_on_gpu(encoded: List[torch.Tensor], device) -> list:
+    """GPU-ONLY: one batch of JPEGs (1-D uint8 host tensors) decoded by nvJPEG
+    into (3, H, W) uint8 RGB tensors on ``device``.
+
+    Before decoding, the host waits for torch's current stream on the device:
+    on H100s the batched hardware decoder can write into memory that work
+    still queued on the caller's stream uses (torchvision PR 9606: corrupted
+    results in 134 of 200 iterations; draining the stream first, 0 of 200).
+    After decoding it waits for the device: torchvision decodes on a private
+    stream that nothing orders before torch's next kernels. The caller keeps
+    ``encoded`` alive until the batch is done (HostBatch holds it).
+    torchvision 0.29 deprecates its decoders for torchcodec's: torchcodec's is
+    used when installed (``decode_jpeg(list, mode="RGB", device=...)``, the
+    call of torchcodec's own image-decoder benchmark; not run here)."""
+    torch.cuda.current_stream(device).synchronize()
+    try:
+        from torchcodec.decoders import decode_jpeg as torchcodec_decode_jpeg
+    except ImportError:
+        torchcodec_decode_jpeg = None
+    if torchcodec_decode_jpeg is not None:
+        images = torchcodec_decode_jpeg(encoded, mode="RGB", device=device)
+    else:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        # torchvision 0.26: decode_jpeg(input: Tensor | list[Tensor], mode, device, apply_exif_orientation)
+        # returns a list for a list.
+        images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    torch.cuda.synchronize(device)
+    return list(images)
+
+
+# --- reading (the reader thread) ---------------------------------------------
+
+def read_host_batch(spec: LoaderSpec, reader: RecordReader, plan: ShardEpoch, step: int, epoch: int,
+                    decode_here: bool) -> HostBatch:
+    """Batch ``step`` of a device's plan: bytes copied out of the map (page
+    faults and copies on this thread), labels, the sampler's draws and, for a
+    CPU device, the decoded images."""
+    positions, pad = plan.positions[step], int(plan.pads[step])
+    records = [reader.read(int(position)) for position in positions]
+    labels = np.array([label for label, _ in records], dtype=np.float32)
+    encoded = [torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).copy()) for _, payload in records]
+    decoded = None
+    if decode_here:
+        decoded = [decode_with_opencv(payload, f"record {reader.keys[int(p)]} of {reader.rec_path}")
+                   for p, (_, payload) in zip(positions, records)]
+    del records   # views into the map: released before the reader may close
+    return HostBatch(positions, pad, labels, encoded, decoded, _draws(spec, positions, epoch))
+
+
+def _draws(spec: LoaderSpec, positions: np.ndarray, epoch: int):
+    aug = spec.augment
+    if not spec.train:
+        return None
+    if aug.recipe == "cifar":
+        return cifar_draws(spec.seed, epoch, positions, aug.pad, spec.image_size, aug.cutout)
+    return imagenet_draws(spec.seed, epoch, positions, aug.min_scale, aug.aspect_range)
+
+
+# --- augmentation (torch ops on the images' device) ---------------------------
+
+def augment(spec: LoaderSpec, images: Sequence[torch.Tensor], draws) -> torch.Tensor:
+    """The batch the model reads, from decoded (3, H, W) uint8 images."""
+    aug, size = spec.augment, spec.image_size
+    channels_last = spec.layout == "NHWC"
+    if aug.recipe == "cifar" and spec.train:
+        batch = cifar_train(images, draws, aug.pad, size, channels_last)
+    elif aug.recipe == "cifar":
+        batch = _resized_windows(images, _centre_windows(images, size), None, size, channels_last)
+    elif spec.train:
+        heights, widths = _sizes(images)
+        windows = imagenet_windows(draws, heights, widths, aug.aspect_range)
+        batch = _resized_windows(images, windows, draws.flip, size, channels_last)
+    else:
+        batch = val_resize_centre_crop(images, size, channels_last)
+    batch = normalize(batch, aug.mean, aug.std, spec.dtype)
+    if aug.recipe == "cifar" and spec.train and aug.cutout:
+        batch = cutout(batch, draws.cutout, aug.cutout)
+    return batch
+
+
+def _sizes(images: Sequence[torch.Tensor]) -> tuple:
+    return (np.array([image.shape[1] for image in images], dtype=np.int64),
+            np.array([image.shape[2] for image in images], dtype=np.int64))
+
+
+def _output(images: Sequence[torch.Tensor], size: int, channels_last: bool) -> torch.Tensor:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((len(images), 3, size, size), dtype=torch.float32, device=images[0].device,
+                       memory_format=memory_format)
+
+
+def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A (3, h, w) image resampled to (1, 3, height, width) float32: bilinear,
+    antialiased (a triangle filter as wide as the scale) when shrinking."""
+    source = image.unsqueeze(0).float()
+    if source.shape[-2:] == (height, width):
+        return source
+    return F.interpolate(source, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _resized_windows(images, windows: np.ndarray, flips: Optional[np.ndarray], size: int,
+                     channels_last: bool) -> torch.Tensor:
+    """Window ``(y, x, h, w)`` of each image resized to size x size, mirrored
+    where ``flips`` says; rounded to whole 0..255 values."""
+    batch = _output(images, size, channels_last)
+    for index, (image, (y, x, height, width)) in enumerate(zip(images, windows.tolist())):
+        resized = _resize(image[:, y:y + height, x:x + width], size, size)[0]
+        batch[index] = resized.flip(-1) if flips is not None and flips[index] else resized
+    return batch.round_().clamp_(0, 255)
+
+
+def _centre_windows(images, size: int) -> np.ndarray:
+    heights, widths = _sizes(images)
+    if (heights < size).any() or (widths < size).any():
+        raise BadRecordSet(f"an image of the batch is smaller than the {size}-pixel centre crop")
+    return np.stack([(heights - size) // 2, (widths - size) // 2,
+                     np.full_like(heights, size), np.full_like(widths, size)], axis=1)
+
+
+def val_resize_centre_crop(images, size: int, channels_last: bool) -> torch.Tensor:
+    """Shorter side to round(size / VAL_RESIZE_RATIO) (integer geometry of
+    dali.py's _resize_shorter_center_crop), then the centre size x size."""
+    shorter = round(size / VAL_RESIZE_RATIO)
+    batch = _output(images, size, channels_last)
+    for index, image in enumerate(images):
+        height, width = image.shape[1], image.shape[2]
+        new_h, new_w = (shorter * height // width, shorter) if height > width else (shorter, shorter * width // height)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        batch[index] = _resize(image, new_h, new_w)[0, :, top:top + size, left:left + size]
+    return batch.round_().clamp_(0, 255)
+
+
+def cifar_train(images, draws, pad: int, size: int, channels_last: bool) -> torch.Tensor:
+    """Reflect pad by ``pad`` pixels, crop size x size at the drawn offsets and
+    mirror, for the whole batch at once (the images are size x size)."""
+    heights, widths = _sizes(images)
+    if (heights != size).any() or (widths != size).any():
+        raise BadRecordSet(f"--augment cifar needs {size} x {size} images; the batch holds "
+                           f"{int(heights.max())} x {int(widths.max())}")
+    stack = torch.stack(list(images)).float()
+    if pad:
+        stack = F.pad(stack, (pad, pad, pad, pad), mode="reflect")
+    device = stack.device
+    steps = torch.arange(size, device=device)
+    offset = torch.from_numpy(draws.offset).to(device)
+    rows = (offset[:, 0:1] + steps)[:, None, :, None]     # (batch, 1, size, 1)
+    cols = (offset[:, 1:2] + steps)[:, None, None, :]     # (batch, 1, 1, size)
+    flip = torch.from_numpy(draws.flip).to(device)[:, None, None, None]
+    cols = torch.where(flip, cols.flip(-1), cols)
+    batch_index = torch.arange(len(images), device=device)[:, None, None, None]
+    channel = torch.arange(3, device=device)[None, :, None, None]
+    crops = stack[batch_index, channel, rows, cols]
+    if channels_last:
+        crops = crops.contiguous(memory_format=torch.channels_last)
+    return crops
+
+
+def cutout(batch: torch.Tensor, corners: np.ndarray, side: int) -> torch.Tensor:
+    """Set a side x side square per image to 0 (the mean, after normalisation)."""
+    device, size = batch.device, batch.shape[-1]
+    steps = torch.arange(size, device=device)
+    corner = torch.from_numpy(corners).to(device)
+    in_rows = (steps >= corner[:, 0:1]) & (steps < corner[:, 0:1] + side)   # (batch, size)
+    in_cols = (steps >= corner[:, 1:2]) & (steps < corner[:, 1:2] + side)
+    square = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]           # (batch, 1, size, size)
+    return batch.masked_fill_(square, 0)
+
+
+def normalize(batch: torch.Tensor, mean, std, dtype: str) -> torch.Tensor:
+    """(pixels - mean) / std per channel on the 0..255 scale, then the output
+    dtype; the memory format (channels_last or not) is kept."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+    batch = batch.sub_(mean_t).div_(std_t)
+    return batch.to(_TORCH_DTYPES[dtype])
+
+
+# --- the epoch ------------------------------------------------------------------
+
+def device_batch(spec: LoaderSpec, reader: RecordReader, host: HostBatch, device) -> tuple:
+    """(data, label, pad) on ``device`` from one HostBatch."""
+    images = host.decoded
+    if images is None:
+        try:
+            images = decode_on_gpu(host.encoded, device)   # GPU-ONLY
+        except RuntimeError as err:
+            raise _undecodable(reader, host.positions) from err
+    data = augment(spec, images, host.draws)
+    return data, torch.from_numpy(host.labels).to(device), host.pad
+
+
+def _undecodable(reader: RecordReader, positions: np.ndarray) -> BadRecordSet:
+    """Name the record nvJPEG failed on (found by decoding with OpenCV)."""
+    for position in positions:
+        key = reader.keys[int(position)]
+        try:
+            decode_with_opencv(reader.read(int(position))[1], f"record {key} of {reader.rec_path}")
+        except BadRecordSet as err:
+            return BadRecordSet(str(err), key)
+    return BadRecordSet(f"{reader.rec_path}: nvJPEG could not decode a batch that OpenCV decodes "
+                        "(not a baseline or progressive JPEG?)")
+
+
+def nvjpeg_epoch(spec: LoaderSpec, reader: RecordReader, plans: List[ShardEpoch], epoch: int) -> Iterator[list]:
+    """Per step, one (data, label, pad) per device of ``spec.devices``; the
+    plans' batches in order (already cut at a resume's first step)."""
+    steps = len(plans[0].positions)
+    decode_here = [device_kind(device) == "cpu" for device in spec.devices]
+
+    def read_step(step: int) -> list:
+        return [read_host_batch(spec, reader, plan, step, epoch, here) for plan, here in zip(plans, decode_here)]
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="visionbench-nvjpeg-reader") as pool:
+        pending = deque(pool.submit(read_step, step) for step in range(min(READ_AHEAD, steps)))
+        try:
+            for step in range(steps):
+                hosts = pending.popleft().result()
+                if step + READ_AHEAD < steps:
+                    pending.append(pool.submit(read_step, step + READ_AHEAD))
+                yield [device_batch(spec, reader, host, device) for host, device in zip(hosts, spec.devices)]
+        finally:
+            for future in pending:
+                future.cancel()   # an abandoned epoch: the with-block waits for the read under way only
