@@ -99,12 +99,16 @@ def test_sigterm_mid_epoch_resumes_bit_for_bit(uninterrupted, tmp_path):
     assert all(iteration == 0 for _, iteration in checkpoint.complete_positions(prefix))
 
 
-def test_kill_9_at_four_points_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
+def test_kill_9_at_six_points_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
     prefix = tmp_path / "cut" / "m"
     prefix.parent.mkdir()
     args = _args(prefix, "-e", "3", "--disp-batches", "4")
-    events = [("epoch 1, no checkpoint yet", lambda job: job.wait_for_line(r"^epoch 1/3 batch 8/")),
+    # Start-up: the run takes its lock on --model-prefix before it builds the model and the
+    # loader, and says "resuming from" before it loads the checkpoint.
+    events = [("start-up, before the first step", lambda job: job.wait_for_file(prefix.parent, "m.lock")),
+              ("epoch 1, no checkpoint yet", lambda job: job.wait_for_line(r"^epoch 1/3 batch 8/")),
               ("right after a checkpoint", lambda job: job.wait_for_file(prefix.parent, "m-0001.json")),
+              ("a resumed run's start-up", lambda job: job.wait_for_line("^resuming from")),
               ("mid-epoch 2", lambda job: job.wait_for_line(r"^epoch 2/3 batch 12/")),
               ("during a checkpoint write", lambda job: (job.wait_for_line("^resuming from"),
                                                          job.wait_for_file(prefix.parent, "m-0002.pt.partial")))]
@@ -115,6 +119,8 @@ def test_kill_9_at_four_points_then_resume_equals_uninterrupted(uninterrupted, t
         _, out, err = job.kill()
         assert job.process.returncode == -signal.SIGKILL, (what, err)
         assert _resumed_from(out) == (before[-1] if before else None), (what, out)
+        if "start-up" in what:
+            assert " batch " not in out, (what, out)   # killed before its first step (4 steps before a line)
         assert checkpoint.foreign_files(prefix) == [], what
     final = run_runner(*args)
     assert final.returncode == 0, final.stderr
