@@ -1,0 +1,88 @@
+"""``python -m visionbench.gpucheck`` (issue 23): the toy-size check on CPUs
+where MXNet, DALI and jsonschema cannot be imported (the GPU machines'
+environment), its report under the benchmark schema and its table, and the
+one-line refusal on a machine without a GPU."""
+import json
+import re
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+from conftest import ROOT, one_line_error, runner_env
+
+# What the GPU machines of issue 23 do not have.
+ABSENT = ("mxnet", "nvidia.dali", "jsonschema")
+
+
+def _without(tmp_path, modules):
+    """An environment whose interpreter cannot import ``modules`` (a
+    sitecustomize on PYTHONPATH puts None in sys.modules: ImportError)."""
+    folder = tmp_path / "blocked"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules))
+    return dict(runner_env(), PYTHONPATH=str(folder))
+
+
+def _gpucheck(*args, env, timeout=240):
+    return subprocess.run([sys.executable, "-m", "visionbench.gpucheck", *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=timeout)
+
+
+def _table_rows(markdown: str) -> list:
+    """The cells of the table's data rows (after its header and rule)."""
+    lines = [line for line in markdown.splitlines() if re.match(r"^\| \d+ \|", line)]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_tiny_check_runs_where_mxnet_dali_and_jsonschema_cannot_be_imported(tmp_path):
+    env = _without(tmp_path, ABSENT)
+    for module in ABSENT:
+        probe = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True)
+        assert probe.returncode != 0 and "halted" in probe.stderr, module
+    out = tmp_path / "check"
+    result = _gpucheck(out, "--device", "cpu", "--tiny", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[0].startswith("device "), result.stdout[:500]   # versions first
+    report = json.loads((out / "gpucheck.json").read_text())
+    schema = json.loads((ROOT / "report_schema" / "benchmark_report.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(report)
+    assert report["status"] == "complete" and report["environment"]["mxnet"] is None
+    assert report["environment"]["dali"] is None and report["environment"]["torch"]
+    results = report["results"]
+    table = (out / "gpucheck.md").read_text()
+    assert table in result.stdout   # printed too
+    rows = _table_rows(table)
+    assert len(rows) == len(results) == 25
+    for index, (row, record) in enumerate(zip(rows, results)):
+        assert row[0] == str(index) and row[3] == str(record["batch_size"]) and row[4] == record["dtype"]
+        assert row[5] == record["status"]
+        assert row[6] == (f"{record['ips']:.4g}" if record["ips"] else "-")
+        if record["latency_ms"]:
+            assert row[7] == " / ".join(f"{record['latency_ms'][k]:.3g}" for k in ("p50", "p90", "p99"))
+    parts = [row[1] for row in rows]
+    assert parts.count("readiness") == 3 and parts.count("synthetic") == 16 and parts.count("inference") == 3
+    readiness = [row for row in rows if row[1] == "readiness"]
+    assert [row[5] for row in readiness[:2]] == ["ok", "ok"] and "62 of 62 weights changed" in readiness[0][9]
+    measured = [r for r in results if r["status"] == "ok" and r["timed_images"] and r["ips"]]
+    assert len(measured) >= 14 and all(r["ips"] > 0 and r["timed_s"] > 0 for r in measured)
+    assert all(r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] for r in measured if r["latency_ms"])
+    cpu_decoding = next(r for r, row in zip(results, rows) if "dali-cpu" in row[2])
+    assert cpu_decoding["status"] == "error" and cpu_decoding["error"].startswith("skipped: DALI is not installed")
+    compiled = [r for r, row in zip(results, rows) if row[2].endswith("compile") and r["status"] == "ok"]
+    assert len(compiled) == 1 and "--compile" in compiled[0]["command"]
+    assert "24 epochs" in next(row for row in rows if row[1] == "resnet9")[9]
+
+
+def test_without_a_gpu_the_check_says_so_in_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the check would run")
+    env = runner_env()
+    refused = _gpucheck(tmp_path / "out", env=env, timeout=120)
+    assert refused.returncode == 2
+    assert "no CUDA GPU visible to PyTorch" in one_line_error(refused) and "--device cpu --tiny" in refused.stderr
+    cpu_full = _gpucheck(tmp_path / "out", "--device", "cpu", env=env, timeout=120)
+    assert cpu_full.returncode == 2 and "add --tiny" in one_line_error(cpu_full)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,31 @@
+"""``python -m visionbench.gpucheck OUT_DIR``: one command that tells whether
+a GPU machine trains with the torch engine, and how fast (issue 23).
+
+It prints the GPU, driver, CUDA, cuDNN and torch versions first, then runs
+these parts, in this order, each point through the suite's own pieces (the
+torch engine's session and models, the run loop's ``run_epoch`` over its
+loaders, bench/timing.py's latency percentiles):
+
+1. readiness: float16 and bfloat16 training steps of ResNet50 v1.5 (the
+   loss falls or the loss scale moves; every weight changes), and the
+   ``nvjpeg`` pipeline's labels against the images of a generated set;
+2. ResNet50 v1.5 training on synthetic data: {bfloat16, float16} x
+   {channels_last, contiguous} x batch {128, 256} x {eager, --compile};
+3. the same at batch 256, bfloat16, channels_last from generated
+   ImageNet-sized JPEGs through ``nvjpeg`` and through CPU decoding, with
+   the ratio to synthetic;
+4. inference (bfloat16, channels_last): img/s and latency percentiles at
+   batch 1, 64 and 256;
+5. ResNet9 with the DAWNBench recipe's settings on 50,000 synthetic 32 px
+   images: seconds per epoch and the projected 24 epochs;
+6. model FLOP utilisation of every ResNet50 figure against the device's
+   dense bfloat16 peak (machine.py's table; unknown devices: n/a).
+
+OUT_DIR receives ``gpucheck.json`` (a benchmark report under
+report_schema/benchmark_report.schema.json, validated where jsonschema is
+importable) and ``gpucheck.md`` (the table, printed too).
+
+Nothing here needs MXNet, DALI or jsonschema (the target machine has none
+of them); torch is imported inside functions only (the package rule).
+``--device cpu --tiny`` runs every part at toy sizes on CPUs: the test.
+"""
