@@ -1,6 +1,7 @@
 """The bad-input matrix: every case exits with status 2 and one line on
 stderr (no traceback), and leaves every file in the working folder as it was
-(hashed before and after)."""
+(hashed before and after). train.py's and benchmark.py's cases run on both
+engines (MXNet, the default, and --engine torch) unless a case says which."""
 import hashlib
 import os
 import shutil
@@ -25,6 +26,8 @@ CLOSED_SGD = CLOSED[:-5] + ["sgd", "--lr-schedule", "poly", "--eval-period", "4"
 def closed_needs(what):
     return f"--mlperf-division closed needs {what}: MLPerf's closed rules fix these"
 
+# A case's words: one string when both engines refuse it in those words, or {engine: words}
+# for the engines that refuse it (each in its own words).
 CASES = [
     # ./runner (train.py)
     ("runner", SYN + ["-b", "0"], "batch-size must be at least 1"),
@@ -41,7 +44,7 @@ CASES = [
     ("runner", SYN + ["--phases", "[{'ep':0"], "phases"),
     ("runner", SYN + ["--phases", "[{'ep':(0,2),'lr':(1,2)},{'ep':1,'zz':3}]"], "zz"),
     ("runner", SYN + ["--dtype", "float16"], "float16 needs GPUs"),
-    ("runner", SYN[2:] + ["--device", "gpu"], "MXNet sees no GPU"),
+    ("runner", SYN[2:] + ["--device", "gpu"], {"mxnet": "MXNet sees no GPU", "torch": "PyTorch sees no GPU"}),
     ("runner", RUN + ["--data-root", "badidx"], "record 1 of badidx/train.rec is truncated or corrupted"),
     ("runner", RUN + ["--data-root", "trunc"], "trunc/train.idx does not match trunc/train.rec"),
     ("runner", SYN + ["--report", "old.json"], "old.json already exists"),
@@ -51,8 +54,9 @@ CASES = [
     ("runner", SYN + ["--min-random-area", "0"], "min-random-area must be in (0, 1]"),
     ("runner", SYN + ["--kv-store", "dist_sync", "--node-rank", "3", "--nnodes", "2"], "--node-rank must be in 0..1"),
     ("runner", SYN + ["--bad-records", "ignore"], "invalid choice: 'ignore'"),
+    # (the torch engine refuses --data-backend mxnet itself: test_torch_engine)
     ("runner", RUN + ["--data-root", "data", "--data-backend", "mxnet", "--bad-records", "skip"],
-     "--bad-records skip needs a DALI backend"),
+     {"mxnet": "--bad-records skip needs a DALI backend"}),
     ("runner", SYN + ["--eval-period", "0"], "eval-period must be at least 1"),
     ("runner", SYN + ["--target-top1", "75.9"], "target-top1 is a fraction of the val images"),
     ("runner", RUN + ["--data-root", "data", "--mode", "train", "--mlperf-log", "new.log", "--target-top1", "0.7"],
@@ -85,7 +89,8 @@ CASES = [
     ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "--mode", "val"], "--mode is set by benchmark.py"),
     ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "-o", "old.json"], "old.json already exists"),
     ("benchmark", ["--device", "cpu", "-n", "1", "-b", "4", "--lr", "fast"], "invalid float value: 'fast'"),
-    ("benchmark", ["-n", "1,4,8", "-b", "208", "--dtype", "float16"], "MXNet sees no GPU"),
+    ("benchmark", ["-n", "1,4,8", "-b", "208", "--dtype", "float16"],
+     {"mxnet": "MXNet sees no GPU", "torch": "PyTorch sees no GPU"}),
     # data_prep
     ("folder_to_rec.py", ["data/images/nothere", "out"], "source folder data/images/nothere does not exist"),
     ("folder_to_rec.py", ["data/images/train", "data/train"], "data/train.lst already exists"),
@@ -132,19 +137,37 @@ def _command(tool, args):
     return [sys.executable, str(DATA_PREP / tool), *args]
 
 
-def test_the_matrix_is_wide():
-    assert len(CASES) >= 30 and {tool for tool, _, _ in CASES} >= {"runner", "benchmark", "folder_to_rec.py",
-                                                                    "verify_rec.py", "cifar10_to_rec.py"}
-
-
 # train.py's and benchmark.py's cases run their main in this process, as the
 # scripts do (run_here: exit status and stderr); many are refused only after
 # MXNet is imported, seconds of start-up each in a fresh interpreter. The
 # data_prep tools, which start in a fraction of a second, run as scripts.
 IN_PROCESS = {"runner": "train.py", "benchmark": "benchmark.py"}
+ENGINES = ("mxnet", "torch")
+ENGINE_FLAGS = {"mxnet": [], "torch": ["--engine", "torch"]}   # MXNet: the default engine, as users run it
 
 
-@pytest.mark.parametrize("tool, args, words", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def _runs(cases):
+    """One run a case and engine (the data_prep tools have no engine)."""
+    for index, (tool, args, words) in enumerate(cases):
+        if tool not in IN_PROCESS:
+            yield pytest.param(tool, args, words, id=f"{tool}-{index}")
+            continue
+        by_engine = words if isinstance(words, dict) else dict.fromkeys(ENGINES, words)
+        for engine, engine_words in by_engine.items():
+            yield pytest.param(tool, args + ENGINE_FLAGS[engine], engine_words, id=f"{tool}-{index}-{engine}")
+
+
+RUNS = list(_runs(CASES))
+
+
+def test_the_matrix_is_wide():
+    assert len(CASES) >= 30 and {tool for tool, _, _ in CASES} >= {"runner", "benchmark", "folder_to_rec.py",
+                                                                    "verify_rec.py", "cifar10_to_rec.py"}
+    on_torch = [run for run in RUNS if run.id.endswith("-torch")]
+    assert len(on_torch) >= 40 and {run.values[0] for run in on_torch} == {"runner", "benchmark"}
+
+
+@pytest.mark.parametrize("tool, args, words", RUNS)
 def test_bad_input(workdir, tool, args, words, capfd, monkeypatch):
     before = _digest(workdir)
     if tool in IN_PROCESS:
