@@ -54,7 +54,7 @@ class HostBatch(NamedTuple):
     positions: np.ndarray        # dataset positions
     pad: int                     # trailing samples that repeat earlier ones
     labels: np.ndarray           # (batch,) float32, as stored
-    encoded: List[torch.Tensor]  # 1-D uint8 JPEG bytes per sample, on the host
+    encoded: List[torch.Tensor]  # GPUs: 1-D uint8 JPEG bytes per sample, on the host; CPUs: empty
     decoded: Optional[list]      # CPU devices: OpenCV's (3, H, W) uint8 RGB tensors; GPUs: None
     draws: Optional[tuple]       # the sampler's choices (crop_windows), None for val
 
@@ -82,14 +82,19 @@ def decode_on_gpu(encoded: List[torch.Tensor], device) -> list:
     stream that nothing orders before torch's next kernels. The caller keeps
     ``encoded`` alive until the batch is done (HostBatch holds it).
     torchvision 0.29 deprecates its decoders for torchcodec's: torchcodec's is
-    used when installed (``decode_jpeg(list, mode="RGB", device=...)``, the
-    call of torchcodec's own image-decoder benchmark; not run here)."""
+    used when installed with a decode_jpeg that takes a device (its newer
+    releases export it from torchcodec.decoders; the call is the one of
+    torchcodec's own image-decoder benchmark, ``decode_jpeg(list, mode="RGB",
+    device=...)``; not run here). torchcodec's import fails with a
+    RuntimeError or OSError where its FFmpeg libraries are missing."""
+    import inspect
+
     torch.cuda.current_stream(device).synchronize()
     try:
         from torchcodec.decoders import decode_jpeg as torchcodec_decode_jpeg
-    except ImportError:
+    except (ImportError, OSError, RuntimeError):
         torchcodec_decode_jpeg = None
-    if torchcodec_decode_jpeg is not None:
+    if torchcodec_decode_jpeg is not None and "device" in inspect.signature(torchcodec_decode_jpeg).parameters:
         images = torchcodec_decode_jpeg(encoded, mode="RGB", device=device)
     else:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -111,11 +116,12 @@ def read_host_batch(spec: LoaderSpec, reader: RecordReader, plan: ShardEpoch, st
     positions, pad = plan.positions[step], int(plan.pads[step])
     records = [reader.read(int(position)) for position in positions]
     labels = np.array([label for label, _ in records], dtype=np.float32)
-    encoded = [torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).copy()) for _, payload in records]
-    decoded = None
+    encoded, decoded = [], None
     if decode_here:
         decoded = [decode_with_opencv(payload, f"record {reader.keys[int(p)]} of {reader.rec_path}")
                    for p, (_, payload) in zip(positions, records)]
+    else:
+        encoded = [torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).copy()) for _, payload in records]
     del records   # views into the map: released before the reader may close
     return HostBatch(positions, pad, labels, encoded, decoded, _draws(spec, positions, epoch))
 
