@@ -279,7 +279,7 @@ def test_a_gpu_pipelines_batches_go_to_that_gpu_only(device):
 def test_the_mxnet_backend_is_refused_for_torch(textured):
     spec = _spec([torch.device("cpu")], "torch", prefix=textured, train=True, backend="mxnet")
     with pytest.raises(UsageError, match=r"^--data-backend mxnet feeds the mxnet engine only; "
-                                         r"with --engine torch use synthetic, dali-cpu, dali-gpu$"):
+                                         r"with --engine torch use synthetic, dali-cpu, dali-gpu, nvjpeg$"):
         make_loader(spec)
     with pytest.raises(UsageError, match=r"^device cpu\(0\) is not a torch device$"):
         make_loader(_spec([mx.cpu(0)], "torch", prefix=textured, train=True))
