@@ -71,5 +71,16 @@ bench: $(STAMP)
 	$(PY) -m visionbench.bench.engines_compare --num-layers 50 --image-size 128 -b 16 --steps 6 --repeats 5 > $(BENCH_DIR)/7-two-engines-training.md && cat $(BENCH_DIR)/7-two-engines-training.md
 	$(PY) -m visionbench.bench.inference_compare --image-size 224 --batch-sizes 1,16 --repeats 5 --int8 --pytorch > $(BENCH_DIR)/7-two-engines-inference.md && cat $(BENCH_DIR)/7-two-engines-inference.md
 
+# `make gpu-check` on a GPU machine (issue 23): the torch engine's readiness and speed
+# (python -m visionbench.gpucheck; at most 8 minutes on one H200) into $(GPU_CHECK_DIR),
+# replacing an earlier check there. It runs on the machine's own Python and PyTorch, not
+# .venv: those machines cannot install MXNet or DALI, and often have no network.
+GPU_CHECK_DIR ?= runs/gpucheck
+GPU_CHECK_PYTHON ?= python3
+
+.PHONY: gpu-check
+gpu-check:
+	$(GPU_CHECK_PYTHON) -m visionbench.gpucheck $(GPU_CHECK_DIR) --overwrite
+
 clean-demo:
 	rm -rf $(DEMO_DIR) $(RUN_DIR)

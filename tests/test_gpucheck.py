@@ -64,6 +64,8 @@ def test_tiny_check_runs_where_mxnet_dali_and_jsonschema_cannot_be_imported(tmp_
     assert parts.count("readiness") == 3 and parts.count("synthetic") == 16 and parts.count("inference") == 3
     readiness = [row for row in rows if row[1] == "readiness"]
     assert [row[5] for row in readiness[:2]] == ["ok", "ok"] and "62 of 62 weights changed" in readiness[0][9]
+    labels = readiness[2]   # through the nvjpeg backend's CPU path (OpenCV decoding, the GPU's augmentation)
+    assert labels[5] == "ok" and re.match(r"12 samples of 12 images, each label its image's colour class", labels[9])
     measured = [r for r in results if r["status"] == "ok" and r["timed_images"] and r["ips"]]
     assert len(measured) >= 14 and all(r["ips"] > 0 and r["timed_s"] > 0 for r in measured)
     assert all(r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] for r in measured if r["latency_ms"])
@@ -86,3 +88,13 @@ def test_without_a_gpu_the_check_says_so_in_one_line(tmp_path):
     cpu_full = _gpucheck(tmp_path / "out", "--device", "cpu", env=env, timeout=120)
     assert cpu_full.returncode == 2 and "add --tiny" in one_line_error(cpu_full)
     assert not (tmp_path / "out").exists()
+
+
+def test_no_numpy_name_that_numpy_2_removed():
+    """ruff's NPY201 (the test extra pins ruff): names NumPy 2.0 removed or
+    moved (np.float_, np.product, np.in1d, np.NaN, np.cast, ...), which the
+    GPU machines' numpy 2 would fail on at run time."""
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "NPY201", "--no-cache",
+                             "--output-format", "concise", "visionbench", "data_prep", "train.py", "benchmark.py"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -117,11 +117,11 @@ def synthetic_points(check: Check, compiled: bool) -> None:
                 argv += training.synthetic_flags(batch * sizes.train_steps) + (["--compile"] if compiled else [])
                 point = Point("synthetic", f"{layout}{' compile' if compiled else ''}", batch, dtype,
                               training.command_of(argv), check.resnet50_gflop(RESNET50_TRAIN_GFLOP))
-                check.add(point, lambda argv=argv, run=_compiled_run(check, compiled, batch, dtype, layout):
-                          run(argv))
+                run = _synthetic_run(check, compiled, batch, dtype, layout)
+                check.add(point, lambda argv=argv, run=run: run(argv))
 
 
-def _compiled_run(check: Check, compiled: bool, batch: int, dtype: str, layout: str):
+def _synthetic_run(check: Check, compiled: bool, batch: int, dtype: str, layout: str):
     """The measurement of a synthetic point; --tiny compiles one point only, with TorchDynamo's
     eager backend on CPUs (training.open_run_loop says why)."""
     if not (compiled and check.sizes.compiled_points == "one"):
