@@ -25,6 +25,13 @@ OUT_DIR receives ``gpucheck.json`` (a benchmark report under
 report_schema/benchmark_report.schema.json, validated where jsonschema is
 importable) and ``gpucheck.md`` (the table, printed too).
 
+A point that fails is a record with its error, and the check goes on; a
+point that cannot run here (no DALI for the CPU-decoding comparison, say)
+is one whose error starts with ``skipped:`` and the reason; points not
+started within ``--budget-s`` are ``timeout`` records. Exit status: 0 when
+no point failed, 1 when one did (after writing both files), 2 with one line
+when there is no GPU (and no ``--device cpu --tiny``).
+
 Nothing here needs MXNet, DALI or jsonschema (the target machine has none
 of them); torch is imported inside functions only (the package rule).
 ``--device cpu --tiny`` runs every part at toy sizes on CPUs: the test.

@@ -28,10 +28,11 @@ class Skip(Exception):
 
 @dataclass
 class Check:
+    """One run of the check: where, how big, and its points in order, each
+    with the function that measures it (run later, within the budget)."""
     device: str
     sizes: CheckSizes
     out_dir: Path
-    tiny: bool
     command: str
     deadline: float
     jpeg_set: Optional[Path] = None
@@ -52,7 +53,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder for gpucheck.json and gpucheck.md (created)")
     parser.add_argument("--device", choices=("gpu", "cpu"), default="gpu",
                         help="gpu (default: CUDA device 0); cpu only with --tiny")
-    parser.add_argument("--tiny", action="store_true", help="every part at toy sizes (ResNet18, 32 px, tiny sets)")
+    parser.add_argument("--tiny", action="store_true", help="every part at toy sizes (ResNet18 at 16 px, tiny batches and sets; sizes.py)")
     parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, metavar="SECONDS",
                         help=f"points not started within this many seconds are reported as not run "
                              f"(default {DEFAULT_BUDGET_S:g})")
@@ -214,8 +215,8 @@ def add_ratios(points: List[Point]) -> None:
                  if p.part == "synthetic" and p.label == "channels_last" and p.status == "ok"}
     for p in points:
         reference = synthetic.get((p.batch, p.dtype))
-        if p.part == "real data" and p.status == "ok" and reference:
-            p.note = f"{p.figures['ips'] / reference:.3f} of synthetic ({reference:.4g} img/s)"
+        if p.part == "real data" and p.status == "ok" and reference and "of synthetic" not in p.note:
+            p.note = f"{p.figures['ips'] / reference:.3f} of synthetic ({reference:.4g} img/s); {p.note}"
 
 
 def environment_of(check: Check, machine: dict) -> dict:
@@ -246,8 +247,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     machine = describe(args.device)
     print(describe_line(machine), flush=True)
     sizes = TINY if args.tiny else GPU
-    shown = ["python -m visionbench.gpucheck", *(sys.argv[1:] if argv is None else argv)]
-    check = Check(args.device, sizes, Path(args.out_dir), args.tiny, shlex.join(shown), started + args.budget_s)
+    shown = ["python", "-m", "visionbench.gpucheck", *(sys.argv[1:] if argv is None else argv)]
+    check = Check(args.device, sizes, Path(args.out_dir), shlex.join(shown), started + args.budget_s)
     check.out_dir.mkdir(parents=True, exist_ok=True)
     config = {"check": "gpucheck", "device": args.device, "tiny": args.tiny, "budget_s": args.budget_s,
               "sizes": asdict(sizes)}
@@ -259,10 +260,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{point.dtype}: {shown_ips} ({point.wall_s:.1f} s)", file=sys.stderr, flush=True)
         write_outputs(check, machine, config, "running")
     print(write_outputs(check, machine, config, "complete"), flush=True)
-    failed = [point for point, _ in check.points if point.failed]
+    return outcome([point for point, _ in check.points])
+
+
+def outcome(points: List[Point]) -> int:
+    """0 when no point failed; points the budget left out are named, not failed."""
+    left_out = [point for point in points if point.status == "timeout"]
+    if left_out:
+        print(f"gpucheck: {len(left_out)} of {len(points)} points were not run within --budget-s (the last: "
+              f"{left_out[-1].part}, {left_out[-1].label}, batch {left_out[-1].batch})", file=sys.stderr)
+    failed = [point for point in points if point.failed]
     if failed:
-        raise RunFailure(f"{len(failed)} of {len(check.points)} points failed or were not run (first: "
-                         f"{failed[0].part}, {failed[0].label}: {failed[0].error}); the table says which")
+        raise RunFailure(f"{len(failed)} of {len(points)} points failed (first: {failed[0].part}, "
+                         f"{failed[0].label}: {failed[0].error}); the table says which")
     return 0
 
 

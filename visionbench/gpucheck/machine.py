@@ -2,7 +2,6 @@
 environment) and model FLOP utilisation against the device's peak."""
 from __future__ import annotations
 
-import platform
 import shutil
 import subprocess
 from typing import Optional
@@ -56,8 +55,10 @@ def describe(device: str) -> dict:
     """The device and software versions: device name, driver, CUDA, cuDNN, torch, peak."""
     import torch
 
+    from ..engine.devices import cpu_model
+
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": None, "driver": None,
-            "device_name": platform.processor() or platform.machine(), "capability": None,
+            "device_name": cpu_model(), "capability": None,
             "peak_bf16_tflops": None}
     if device == "gpu":
         props = torch.cuda.get_device_properties(0)

@@ -38,7 +38,8 @@ class Point:
 
     @property
     def failed(self) -> bool:
-        return self.status != "ok" and not (self.error or "").startswith(SKIPPED)
+        """An error that is not a skip (points the budget left out are "timeout")."""
+        return self.status == "error" and not (self.error or "").startswith(SKIPPED)
 
     def record(self) -> dict:
         figures = {name: self.figures.get(name) for name in TIMED_FIELDS}
