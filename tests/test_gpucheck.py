@@ -98,3 +98,15 @@ def test_no_numpy_name_that_numpy_2_removed():
                              "--output-format", "concise", "visionbench", "data_prep", "train.py", "benchmark.py"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mfu_reads_the_peak_of_the_device_by_its_whole_name():
+    from visionbench.gpucheck.machine import RESNET50_TRAIN_GFLOP, mfu, peak_tflops
+
+    peaks = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H200": 989.0, "NVIDIA H100 PCIe": 756.0,
+             "NVIDIA H100 NVL": None, "NVIDIA H200 NVL": None, "NVIDIA A100-SXM4-80GB": 312.0,
+             "NVIDIA A100-PCIE-40GB": 312.0, "NVIDIA L4": 121.0, "NVIDIA L40S": None, "Tesla V100-SXM2-16GB": None}
+    assert {name: peak_tflops(name) for name in peaks} == peaks
+    # 5,000 img/s of ResNet50 training on an H200: 122.5 TFLOP/s of 989.
+    assert mfu(5000.0, RESNET50_TRAIN_GFLOP, 989.0) == pytest.approx(0.12386, abs=1e-5)
+    assert mfu(5000.0, RESNET50_TRAIN_GFLOP, None) is None and mfu(None, RESNET50_TRAIN_GFLOP, 989.0) is None

@@ -2,19 +2,21 @@
 environment) and model FLOP utilisation against the device's peak."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from typing import Optional
 
 # Dense (no 2:4 sparsity) bfloat16 Tensor Core peaks, TFLOP/s, from NVIDIA's
-# data sheets, by a piece of torch.cuda.get_device_name(). Checked in order:
-# the first piece found in the name wins, so the NVL and PCIe boards (other
-# clocks and power) come before the SXM names they contain. None: a board we
-# do not have a figure for (MFU "n/a"), as is every name not listed.
+# data sheets, by words of torch.cuda.get_device_name(). Checked in order,
+# as whole words ("L4" is not "L40S"): the first found in the name wins, so
+# the NVL and PCIe boards (other clocks and power) come before the SXM names
+# they contain. None: a board we have no figure for (MFU "n/a"), as is every
+# name not listed.
 PEAK_BF16_TFLOPS = (
     ("H100 NVL", None), ("H200 NVL", None),
     ("H100 PCIe", 756.0),
-    ("H100", 989.0), ("H200", 989.0),   # SXM (and GH200): 989.4
+    ("H100", 989.0), ("H200", 989.0),   # SXM: 989.4
     ("A100", 312.0),                    # SXM and PCIe alike
     ("L4", 121.0),
 )
@@ -25,8 +27,8 @@ RESNET50_INFER_GFLOP = 8.2
 
 
 def peak_tflops(device_name: str) -> Optional[float]:
-    for piece, peak in PEAK_BF16_TFLOPS:
-        if piece.lower() in device_name.lower():
+    for words, peak in PEAK_BF16_TFLOPS:
+        if re.search(rf"\b{re.escape(words)}\b", device_name, flags=re.IGNORECASE):
             return peak
     return None
 

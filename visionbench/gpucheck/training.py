@@ -109,7 +109,7 @@ def readiness_argv(device: str, dtype: str, sizes: CheckSizes) -> List[str]:
     """One step per epoch on one fixed synthetic batch at a constant LR (no
     warmup, the step schedule's first decay far away): its loss must fall."""
     argv = resnet_argv(device, sizes.readiness_batch, dtype, "channels_last", sizes, 1)
-    argv[argv.index("-e") + 1] = str(sizes.readiness_steps)
+    argv[argv.index("-e") + 1] = str(sizes.readiness_steps + MAX_SKIPPED)
     argv.remove("--benchmark")
     return argv + synthetic_flags(sizes.readiness_batch) + ["--warmup-epochs", "0", "--lr", "0.1"]
 
