@@ -102,10 +102,12 @@ def check_labels(argv: List[str]) -> dict:
             valid = len(stored) - pad
             wrong += [(int(s), int(f)) for s, f in zip(stored[:valid], found[:valid]) if s != f]
             seen += valid
-    error = f"{len(wrong)} of {seen} labels differ from their images' colours (label, colour): {wrong[:3]}" \
-        if wrong else None
-    return {"note": f"{seen} samples of {loader.num_images} images, each label its image's colour class"
-                    if not wrong else "", "error": error, "timed_images": seen or None}
+    if wrong:
+        return {"error": f"{len(wrong)} of {seen} labels differ from their images' colours (label, colour): "
+                         f"{wrong[:3]}"}
+    if not seen:
+        return {"error": "the loader gave no samples"}
+    return {"note": f"{seen} samples of {loader.num_images} images, each label its image's colour class"}
 
 
 def real_data_argv(device: str, folder: Path, backend: str, sizes: CheckSizes, steps: int,
