@@ -110,3 +110,16 @@ def test_mfu_reads_the_peak_of_the_device_by_its_whole_name():
     # 5,000 img/s of ResNet50 training on an H200: 122.5 TFLOP/s of 989.
     assert mfu(5000.0, RESNET50_TRAIN_GFLOP, 989.0) == pytest.approx(0.12386, abs=1e-5)
     assert mfu(5000.0, RESNET50_TRAIN_GFLOP, None) is None and mfu(None, RESNET50_TRAIN_GFLOP, 989.0) is None
+
+
+def test_points_past_the_budget_are_timeout_records_and_not_failures(tmp_path):
+    out = tmp_path / "check"
+    result = _gpucheck(out, "--device", "cpu", "--tiny", "--budget-s", "0.001", env=runner_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "25 of 25 points were not run within --budget-s" in result.stderr
+    report = json.loads((out / "gpucheck.json").read_text())
+    jsonschema.Draft202012Validator(json.loads((ROOT / "report_schema" / "benchmark_report.schema.json")
+                                               .read_text())).validate(report)
+    assert {r["status"] for r in report["results"]} == {"timeout"} and len(report["results"]) == 25
+    again = _gpucheck(out, "--device", "cpu", "--tiny", env=runner_env(), timeout=120)
+    assert again.returncode == 2 and "already exists" in one_line_error(again)
