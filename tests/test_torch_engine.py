@@ -330,3 +330,15 @@ def test_compile_runs_the_steps_through_torch_compile_and_trains_as_without(tmp_
     assert compiled.keys() == eager.keys() and len(eager) > 0
     for name, tensor in eager.items():
         torch.testing.assert_close(compiled[name], tensor, msg=name)
+
+
+def test_cudnn_autotunes_as_the_mxnet_engine_does():
+    """cudnn.benchmark on GPUs follows MXNet's MXNET_CUDNN_AUTOTUNE_DEFAULT rule:
+    on, except with --rect-val (a new shape every val batch)."""
+    from visionbench.config import Config
+    from visionbench.engine.gpu_settings import mxnet_environment
+    from visionbench.engines.torch.session import cudnn_autotune
+
+    for rect_val in (False, True):
+        mxnet_rule = mxnet_environment("gpu", rect_val)["MXNET_CUDNN_AUTOTUNE_DEFAULT"] == "1"
+        assert cudnn_autotune(Config(engine="torch", rect_val=rect_val)) is mxnet_rule is (not rect_val)

@@ -36,6 +36,14 @@ def torch_devices(device: str, count: int, first_gpu: int = 0) -> list:
     return [torch.device("cpu")] * count
 
 
+def cudnn_autotune(config: Config) -> bool:
+    """Whether cuDNN picks its convolution algorithms by timing them (the MXNet
+    engine's MXNET_CUDNN_AUTOTUNE_DEFAULT rule, engine/gpu_settings.py): on,
+    except with --rect-val, whose every val batch has a new shape and would be
+    timed anew."""
+    return not config.rect_val
+
+
 def build_model(config: Config, device: torch.device) -> torch.nn.Module:
     """The model, initialised from --seed as the MXNet engine's rules say
     (engines/torch/models.py), on ``device``; channels_last for NHWC."""
@@ -54,6 +62,8 @@ class TorchSession:
     def __init__(self, config: Config, devices, group, plan):
         self.config, self.group = config, group
         self.device = devices[0]
+        if self.device.type == "cuda":   # GPU-ONLY
+            torch.backends.cudnn.benchmark = cudnn_autotune(config)
         self.model = build_model(config, self.device)
         self.optimizer = build_optimizer(config, self.model)
         self.precision = _Precision(config, self.device)
