@@ -208,3 +208,21 @@ def test_the_mxnet_engine_and_mxnet_loaders_refuse_nvjpeg(tmp_path, capfd):
         make_loader(LoaderSpec(prefix=palette / "train", train=True, batch_size=4, image_size=32,
                                devices=[CPU], backend="dali-cpu", framework="torch", dtype="bfloat16"))
     assert IMAGENET_MEAN == Augment().mean and IMAGENET_STD == Augment().std
+
+
+def test_a_batch_nvjpeg_rejects_names_the_bad_record_or_passes_the_decoders_words_on(tmp_path):
+    """nvjpeg._undecodable, what a failed GPU decode raises (the decode itself
+    needs a GPU): the record OpenCV cannot decode either, by its key; else the
+    decoder's own last line (CMYK and other JPEGs nvJPEG refuses)."""
+    from visionbench.data.recordio import BadRecordSet, RecordReader
+    from visionbench.engines.torch.nvjpeg import _undecodable
+
+    payloads = [_png(coordinate_image(0)), b"not an image", _png(coordinate_image(2))]
+    prefix = write_colour_set(tmp_path / "bad", 3, payload_of=lambda i: payloads[i])
+    reader = RecordReader(prefix)
+    decoder_error = RuntimeError("decode_jpegs_cuda failed\nFailed to get image info: 2")
+    named = _undecodable(reader, np.array([0, 1, 2]), decoder_error)
+    assert isinstance(named, BadRecordSet) and str(named).startswith("record 1 of ") and "not a decodable" in str(named)
+    passed_on = _undecodable(reader, np.array([0, 2]), decoder_error)
+    assert str(passed_on).endswith("nvJPEG could not decode a batch that OpenCV decodes (not a baseline or "
+                                   "progressive JPEG? a CMYK one?): Failed to get image info: 2")

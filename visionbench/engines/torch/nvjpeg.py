@@ -31,6 +31,7 @@ output is, before normalisation.
 """
 from __future__ import annotations
 
+import functools
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, List, NamedTuple, Optional, Sequence
@@ -75,35 +76,44 @@ def decode_on_gpu(encoded: List[torch.Tensor], device) -> list:
     into (3, H, W) uint8 RGB tensors on ``device``.
 
     Before decoding, the host waits for torch's current stream on the device:
-    on H100s the batched hardware decoder can write into memory that work
-    still queued on the caller's stream uses (torchvision PR 9606: corrupted
-    results in 134 of 200 iterations; draining the stream first, 0 of 200).
-    After decoding it waits for the device: torchvision decodes on a private
-    stream that nothing orders before torch's next kernels. The caller keeps
-    ``encoded`` alive until the batch is done (HostBatch holds it).
-    torchvision 0.29 deprecates its decoders for torchcodec's: torchcodec's is
-    used when installed with a decode_jpeg that takes a device (its newer
-    releases export it from torchcodec.decoders; the call is the one of
-    torchcodec's own image-decoder benchmark, ``decode_jpeg(list, mode="RGB",
-    device=...)``; not run here). torchcodec's import fails with a
-    RuntimeError or OSError where its FFmpeg libraries are missing."""
+    the decoders allocate their outputs from the caching allocator on that
+    stream, and nvJPEG's hardware engine can write them while work queued
+    there still uses the blocks (torchvision PR 9606: corrupted results in
+    134 of 200 iterations on an H100; draining the stream first, 0 of 200).
+    After decoding it waits for the device: torchvision 0.26 already
+    host-synchronises its private decode stream and makes the current stream
+    wait on it; the wait covers a decoder that does neither. The caller keeps
+    ``encoded`` alive until the batch is done (HostBatch holds it)."""
+    torch.cuda.current_stream(device).synchronize()
+    images = _gpu_decoder()(encoded, device)
+    torch.cuda.synchronize(device)
+    return list(images)
+
+
+@functools.cache
+def _gpu_decoder():
+    """``decode(list of host tensors, device) -> list``, chosen once per
+    process (a failed import would otherwise be retried on every batch).
+    torchvision 0.29 deprecates its decoders for torchcodec's: torchcodec's
+    is used when installed with a decode_jpeg that takes a device (its main
+    branch: ``decode_jpeg(source or list, *, mode="RGB", output_dtype,
+    device)``, as its image-decoder benchmark calls it; earlier releases read
+    a file path and take no device). torchcodec's import
+    fails with a RuntimeError or OSError where its FFmpeg libraries are
+    missing. Neither is run here (no GPU)."""
     import inspect
 
-    torch.cuda.current_stream(device).synchronize()
     try:
         from torchcodec.decoders import decode_jpeg as torchcodec_decode_jpeg
     except (ImportError, OSError, RuntimeError):
         torchcodec_decode_jpeg = None
     if torchcodec_decode_jpeg is not None and "device" in inspect.signature(torchcodec_decode_jpeg).parameters:
-        images = torchcodec_decode_jpeg(encoded, mode="RGB", device=device)
-    else:
-        from torchvision.io import ImageReadMode, decode_jpeg
+        return lambda encoded, device: torchcodec_decode_jpeg(encoded, mode="RGB", device=device)
+    from torchvision.io import ImageReadMode, decode_jpeg
 
-        # torchvision 0.26: decode_jpeg(input: Tensor | list[Tensor], mode, device, apply_exif_orientation)
-        # returns a list for a list.
-        images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-    torch.cuda.synchronize(device)
-    return list(images)
+    # torchvision 0.26: decode_jpeg(input: Tensor | list[Tensor], mode, device, apply_exif_orientation);
+    # a list (of CPU tensors) is decoded in one batched nvJPEG call and returns a list.
+    return lambda encoded, device: decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
 
 
 # --- reading (the reader thread) ---------------------------------------------
@@ -262,22 +272,26 @@ def device_batch(spec: LoaderSpec, reader: RecordReader, host: HostBatch, device
     if images is None:
         try:
             images = decode_on_gpu(host.encoded, device)   # GPU-ONLY
+        except torch.cuda.OutOfMemoryError:
+            raise   # a RuntimeError too, but no record's fault
         except RuntimeError as err:
-            raise _undecodable(reader, host.positions) from err
+            raise _undecodable(reader, host.positions, err) from err
     data = augment(spec, images, host.draws)
     return data, torch.from_numpy(host.labels).to(device), host.pad
 
 
-def _undecodable(reader: RecordReader, positions: np.ndarray) -> BadRecordSet:
-    """Name the record nvJPEG failed on (found by decoding with OpenCV)."""
+def _undecodable(reader: RecordReader, positions: np.ndarray, decoder_error: Exception) -> BadRecordSet:
+    """Name the record nvJPEG failed on (found by decoding with OpenCV), else
+    say what the decoder said."""
     for position in positions:
         key = reader.keys[int(position)]
         try:
             decode_with_opencv(reader.read(int(position))[1], f"record {key} of {reader.rec_path}")
         except BadRecordSet as err:
             return BadRecordSet(str(err), key)
+    said = (str(decoder_error).strip().splitlines() or [type(decoder_error).__name__])[-1][:200]
     return BadRecordSet(f"{reader.rec_path}: nvJPEG could not decode a batch that OpenCV decodes "
-                        "(not a baseline or progressive JPEG?)")
+                        f"(not a baseline or progressive JPEG? a CMYK one?): {said}")
 
 
 def nvjpeg_epoch(spec: LoaderSpec, reader: RecordReader, plans: List[ShardEpoch], epoch: int) -> Iterator[list]:
