@@ -10,7 +10,9 @@ loaders, bench/timing.py's latency percentiles):
    loss falls or the loss scale moves; every weight changes), and the
    ``nvjpeg`` pipeline's labels against the images of a generated set;
 2. ResNet50 v1.5 training on synthetic data: {bfloat16, float16} x
-   {channels_last, contiguous} x batch {128, 256} x {eager, --compile};
+   {channels_last, contiguous} x batch {128, 256}, eager; --compile at
+   batch 256, bfloat16, channels_last only (a cold compile per point:
+   eight would not fit the 8 minutes; the others are skipped records);
 3. the same at batch 256, bfloat16, channels_last from generated
    ImageNet-sized JPEGs through ``nvjpeg`` and through CPU decoding, with
    the ratio to synthetic;
