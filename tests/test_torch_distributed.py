@@ -327,3 +327,16 @@ def test_a_resumed_epoch_counts_each_workers_images_and_loss_once(tmp_path):
     # rank 1's not at all) moves the mean loss by far more than float rounding.
     assert resumed[0]["train_loss"] == resumed[1]["train_loss"]
     assert resumed[0]["train_loss"] == pytest.approx(whole[0]["train_loss"], rel=1e-6)
+
+
+def test_ddp_keeps_each_workers_buffers_on_torch_2_13_and_before():
+    """torch 2.13's DDP calls it forward_sync_buffers, 2.11's (the GPU
+    machines') broadcast_buffers: either way False."""
+    from visionbench.engines.torch.session import _own_buffers
+
+    class Before:   # the constructor's arguments up to torch 2.12
+        def __init__(self, module, device_ids=None, broadcast_buffers=True):
+            pass
+
+    assert _own_buffers(torch.nn.parallel.DistributedDataParallel) == {"forward_sync_buffers": False}
+    assert _own_buffers(Before) == {"broadcast_buffers": False}

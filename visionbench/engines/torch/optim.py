@@ -236,12 +236,12 @@ def lars_rates(params, grads, s: StepScalars, eta: np.float32, epsilon: np.float
     """(lr_k*wd, lr_k*rescale) per tensor, float32, where lr_k is MXNet's
     multi_lars rate: lr*eta*|w| / (|g|*rescale + wd*|w| + eps) when |w| > 0
     and |g| > 0, else lr. Computed on the parameters' device; one host read."""
-    weight_sq = torch.stack(torch._foreach_powsum(params))
-    grad_sq = torch.stack(torch._foreach_powsum(grads))
-    weight_norm, grad_norm = weight_sq.sqrt(), grad_sq.sqrt()
+    # _foreach_norm, not torch 2.13's _foreach_powsum: the GPU machines run 2.11.
+    weight_norm = torch.stack(torch._foreach_norm(params))
+    grad_norm = torch.stack(torch._foreach_norm(grads))
     denominator = grad_norm * float(s.rescale) + weight_norm * float(s.wd) + float(epsilon)
     trusted = weight_norm * float(s.lr * eta) / denominator
-    rates = torch.where((weight_norm > 0) & (grad_sq > 0), trusted, float(s.lr))
+    rates = torch.where((weight_norm > 0) & (grad_norm > 0), trusted, float(s.lr))
     lr_wds, lr_rescales = torch.stack([rates * float(s.wd), rates * float(s.rescale)]).tolist()
     return lr_wds, lr_rescales
 

@@ -8,6 +8,7 @@ divides by the global batch (``rescale``), so both engines take the same
 update from the same gradients."""
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from pathlib import Path
@@ -157,7 +158,18 @@ def _data_parallel(model: torch.nn.Module, device: torch.device, group):
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False), group.size
+    return DistributedDataParallel(model, device_ids=device_ids, **_own_buffers(DistributedDataParallel)), group.size
+
+
+def _own_buffers(ddp_class) -> dict:
+    """DDP's argument that keeps each process's buffers its own after the
+    start: ``forward_sync_buffers=False`` from torch 2.13 on (which deprecates
+    ``broadcast_buffers``), ``broadcast_buffers=False`` before (the GPU
+    machines' 2.11). Every worker starts from the same buffers either way:
+    the same seed, or the same checkpoint."""
+    if "forward_sync_buffers" in inspect.signature(ddp_class.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def score_checkpoint(config: Config, devices, prefix: Path, epoch: int, loader) -> dict:
