@@ -8,10 +8,15 @@ labels are as stored; the CIFAR recipe likewise, pixel for pixel;
 step k, it gives the same batches;
 (3) val geometry equals the DALI cpu val pipeline's (bound measured below);
 (4) the torch engine trains with it and writes a valid report;
-(5) the MXNet engine, and loaders for MXNet, refuse it in one line.
+(5) the MXNet engine, and loaders for MXNet, refuse it in one line;
+(6) the producer thread: the sequential code's steps in order at any queue
+depth, augmentation on the producer only, the queue bounded, its threads
+gone after an early close or a failure, which training's thread raises.
 The GPU decoder itself (decode_on_gpu) cannot run here."""
 import json
 import sys
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -226,3 +231,102 @@ def test_a_batch_nvjpeg_rejects_names_the_bad_record_or_passes_the_decoders_word
     passed_on = _undecodable(reader, np.array([0, 2]), decoder_error)
     assert str(passed_on).endswith("nvJPEG could not decode a batch that OpenCV decodes (not a baseline or "
                                    "progressive JPEG? a CMYK one?): Failed to get image info: 2")
+
+
+# --- the producer thread (nvjpeg_epoch): decode + augment ahead of training ---
+
+def _threads_left() -> list:
+    return [t.name for t in threading.enumerate() if t.name.startswith("visionbench-nvjpeg")]
+
+
+def _direct(coordinate_set, devices=(CPU, CPU), epoch=2):
+    """A train spec, its reader and the epoch's plans (two devices: 4 steps; one: 7)."""
+    from visionbench.data.recordio import RecordReader
+
+    spec = LoaderSpec(prefix=coordinate_set, train=True, batch_size=6, image_size=16, devices=list(devices),
+                      backend="nvjpeg", framework="torch", seed=3)
+    return spec, RecordReader(coordinate_set), make_loader(spec).plans(epoch)
+
+
+def _copies(steps) -> list:
+    return [[(data.clone(), label.clone(), pad) for data, label, pad in parts] for parts in steps]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 9])   # 9: more than the epoch's 3 steps (no deadlock)
+def test_the_producer_hands_over_the_steps_the_sequential_code_makes_in_order(coordinate_set, depth):
+    from visionbench.engines.torch.nvjpeg import device_batch, nvjpeg_epoch, read_host_batch
+
+    spec, reader, plans = _direct(coordinate_set)
+    plans = [plan.from_step(1) for plan in plans]   # a resume at step 1: 3 steps of each shard's 4 left
+    assert len(plans[0].positions) == 3
+    expected = [[device_batch(spec, reader, read_host_batch(spec, reader, plan, step, 2, True), CPU)
+                 for plan in plans] for step in range(3)]
+    _same(expected, _copies(nvjpeg_epoch(spec, reader, plans, 2, prepare_ahead=depth)))
+    assert _threads_left() == []
+    with pytest.raises(ValueError, match="prepare_ahead must be 1 or more, not 0"):
+        next(nvjpeg_epoch(spec, reader, plans, 2, prepare_ahead=0))
+
+
+def test_decoding_and_augmentation_run_ahead_on_the_producer_within_the_queue_depth(coordinate_set, monkeypatch):
+    """Training's thread only takes batches; the producer stops when ``depth``
+    finished steps wait (plus the one it holds, blocked on the full queue)."""
+    from visionbench.engines.torch import nvjpeg
+
+    augmented_on, prepared = [], []
+    real_augment, real_prepare = nvjpeg.augment, nvjpeg._prepare_step
+    monkeypatch.setattr(nvjpeg, "augment", lambda *a: augmented_on.append(threading.current_thread().name)
+                        or real_augment(*a))
+    monkeypatch.setattr(nvjpeg, "_prepare_step", lambda *a: prepared.append(1) or real_prepare(*a))
+    spec, reader, plans = _direct(coordinate_set, devices=[CPU])
+    for depth in (1, 3):
+        prepared.clear()
+        steps = nvjpeg.nvjpeg_epoch(spec, reader, plans, 2, prepare_ahead=depth)
+        next(steps)
+        deadline = time.monotonic() + 5
+        while len(prepared) < depth + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)   # a producer that ignored the bound would prepare more meanwhile
+        assert len(prepared) == depth + 2 < len(plans[0].positions), depth
+        steps.close()
+    assert set(augmented_on) == {nvjpeg.PRODUCER_THREAD}
+    assert _threads_left() == []
+
+
+def test_closing_the_epoch_early_stops_the_producer_and_reader_threads(coordinate_set):
+    from visionbench.engines.torch.nvjpeg import PRODUCER_THREAD, nvjpeg_epoch
+
+    spec, reader, plans = _direct(coordinate_set)
+    steps = nvjpeg_epoch(spec, reader, plans, 2)
+    next(steps)
+    assert PRODUCER_THREAD in _threads_left()   # running while the epoch is open
+    steps.close()
+    assert _threads_left() == []
+    for parts in make_loader(spec).epoch(2):   # through the loader, left by a break
+        break
+    del parts
+    import gc
+
+    gc.collect()   # the abandoned generator closes when collected
+    assert _threads_left() == []
+
+
+def test_a_failure_on_the_producer_or_reader_is_raised_on_the_training_thread(coordinate_set, tmp_path):
+    from visionbench.data.recordio import BadRecordSet
+
+    # The cifar train recipe refuses the (non-16-pixel) images on the producer thread, at step 0.
+    loader = make_loader(LoaderSpec(prefix=coordinate_set, train=True, batch_size=4, image_size=16, devices=[CPU],
+                                    backend="nvjpeg", framework="torch", augment=Augment(recipe="cifar")))
+    with pytest.raises(BadRecordSet, match="--augment cifar needs 16 x 16 images; the batch holds"):
+        list(loader.epoch(0))
+    assert _threads_left() == []
+    # Record 9 (step 2 of the unshuffled val order) fails in the reader's OpenCV decode.
+    payloads = {9: b"not an image"}
+    prefix = write_colour_set(tmp_path / "bad", 16, payload_of=lambda i: payloads.get(i, _png(coordinate_image(i))))
+    loader = make_loader(LoaderSpec(prefix=prefix, train=False, batch_size=4, image_size=16, devices=[CPU],
+                                    backend="nvjpeg", framework="torch"))
+    taken = []
+    with pytest.raises(BadRecordSet, match=r"record 9 of .*bad\.rec is not a decodable image"):
+        for parts in loader.epoch(0):
+            taken.append(parts[0][1].tolist())
+    assert taken == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
+    assert _threads_left() == []

@@ -1,12 +1,21 @@
 """``--data-backend nvjpeg``: RecordIO -> nvJPEG -> augmentation in torch, no DALI.
 
-Records are read by our RecordReader (memory-mapped .rec, .idx offsets) on
-one reader thread, ``READ_AHEAD`` steps ahead of training. A batch's JPEG
-bytes are decoded in one call on the GPU (``decode_on_gpu``: torchcodec's
-nvJPEG decoder when installed, torchvision's otherwise) and augmented there
-on the whole batch with torch ops, emitting the spec's dtype (float32,
-float16 or bfloat16) and layout (NHWC: NCHW-shaped with channels_last
-strides, as loader.DeviceBatch says) directly.
+Three threads per epoch. A reader thread reads records with our
+RecordReader (memory-mapped .rec, .idx offsets), ``READ_AHEAD`` steps ahead
+of the producer. A producer thread decodes a batch's JPEG bytes in one call
+on the GPU (``decode_on_gpu``: torchcodec's nvJPEG decoder when installed,
+torchvision's otherwise) and augments the whole batch there with torch ops,
+emitting the spec's dtype (float32, float16 or bfloat16) and layout (NHWC:
+NCHW-shaped with channels_last strides, as loader.DeviceBatch says); it
+keeps up to ``PREPARE_AHEAD`` finished steps in a bounded queue. The
+training thread only takes finished batches, so it neither waits for a
+decode nor has its queued GPU work drained by one.
+
+On a GPU the producer works on its own CUDA stream: decode_on_gpu's waits
+(torchvision PR 9606) drain that stream only, never training's. An event
+recorded after each batch orders training's stream after it, and
+``record_stream`` keeps the caching allocator from reusing the batch's
+memory (allocated on the producer's stream) while training still reads it.
 
 Which record goes where is the sampler's (sampling.py, the same plans as the
 DALI backends); the random crops, flips and Cutout squares are our sampler's
@@ -31,7 +40,10 @@ output is, before normalisation.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import queue
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, List, NamedTuple, Optional, Sequence
@@ -46,7 +58,9 @@ from ...data.recordio import BadRecordSet, RecordReader
 from ...data.sampling import ShardEpoch
 from ...data.spec import VAL_RESIZE_RATIO, LoaderSpec
 
-READ_AHEAD = 3   # steps the reader thread reads (and, on CPUs, decodes) ahead of training
+READ_AHEAD = 3      # steps the reader thread reads (and, on CPUs, decodes) ahead of the producer
+PREPARE_AHEAD = 2   # finished steps (decoded, augmented, on the device) the producer keeps ready
+PRODUCER_THREAD = "visionbench-nvjpeg-producer"
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -75,18 +89,22 @@ def decode_on_gpu(encoded: List[torch.Tensor], device) -> list:
     """GPU-ONLY: one batch of JPEGs (1-D uint8 host tensors) decoded by nvJPEG
     into (3, H, W) uint8 RGB tensors on ``device``.
 
-    Before decoding, the host waits for torch's current stream on the device:
-    the decoders allocate their outputs from the caching allocator on that
-    stream, and nvJPEG's hardware engine can write them while work queued
-    there still uses the blocks (torchvision PR 9606: corrupted results in
-    134 of 200 iterations on an H100; draining the stream first, 0 of 200).
-    After decoding it waits for the device: torchvision 0.26 already
-    host-synchronises its private decode stream and makes the current stream
-    wait on it; the wait covers a decoder that does neither. The caller keeps
-    ``encoded`` alive until the batch is done (HostBatch holds it)."""
+    Runs on the producer thread under its own stream (nvjpeg_epoch), so
+    "current stream" below is that stream, never training's. Before
+    decoding, the host waits for it: the decoders allocate their outputs from
+    the caching allocator on that stream, and nvJPEG's hardware engine can
+    write them while work queued there still uses the blocks (torchvision PR
+    9606: corrupted results in 134 of 200 iterations on an H100; draining
+    the stream first, 0 of 200). Blocks training still reads are not in that
+    stream's free pool (record_stream in _hand_over). After decoding it waits
+    for the same stream again, not the whole device (that would wait for
+    training's queued steps too): torchvision 0.26 already host-synchronises
+    its private decode stream and makes the current stream wait on it. The
+    caller keeps ``encoded`` alive until the batch is done (ReadyStep holds
+    its HostBatch)."""
     torch.cuda.current_stream(device).synchronize()
     images = _gpu_decoder()(encoded, device)
-    torch.cuda.synchronize(device)
+    torch.cuda.current_stream(device).synchronize()
     return list(images)
 
 
@@ -294,9 +312,60 @@ def _undecodable(reader: RecordReader, positions: np.ndarray, decoder_error: Exc
                         f"(not a baseline or progressive JPEG? a CMYK one?): {said}")
 
 
-def nvjpeg_epoch(spec: LoaderSpec, reader: RecordReader, plans: List[ShardEpoch], epoch: int) -> Iterator[list]:
+class ReadyStep(NamedTuple):
+    """One step as the producer thread hands it to training."""
+    batches: list   # (data, label, pad) per device
+    events: list    # per device: GPUs, the CUDA event recorded after the batch on the producer's stream; CPUs, None
+    hosts: list     # the HostBatches: their encoded bytes stay referenced until training takes the step
+
+
+class _ProducerFailed(NamedTuple):
+    error: BaseException
+
+
+def nvjpeg_epoch(spec: LoaderSpec, reader: RecordReader, plans: List[ShardEpoch], epoch: int,
+                 prepare_ahead: int = PREPARE_AHEAD) -> Iterator[list]:
     """Per step, one (data, label, pad) per device of ``spec.devices``; the
-    plans' batches in order (already cut at a resume's first step)."""
+    plans' batches in order (already cut at a resume's first step), prepared
+    on a producer thread up to ``prepare_ahead`` steps ahead. Closing the
+    generator early stops and joins the producer; its exception is raised
+    here."""
+    if prepare_ahead < 1:
+        raise ValueError(f"prepare_ahead must be 1 or more, not {prepare_ahead}")
+    ready: queue.Queue = queue.Queue(maxsize=prepare_ahead)
+    stop = threading.Event()
+    producer = threading.Thread(target=_produce, args=(spec, reader, plans, epoch, ready, stop),
+                                name=PRODUCER_THREAD, daemon=True)
+    producer.start()
+    try:
+        for _ in range(len(plans[0].positions)):
+            step = _take(ready, producer)
+            if isinstance(step, _ProducerFailed):
+                raise step.error
+            yield _hand_over(step, spec.devices)   # ``step`` (and its host bytes) referenced until the next take
+    finally:
+        stop.set()
+        _drain(ready)   # a producer blocked on a full queue puts once more, sees ``stop`` and returns
+        producer.join()
+
+
+def _produce(spec: LoaderSpec, reader: RecordReader, plans: List[ShardEpoch], epoch: int,
+             ready: queue.Queue, stop: threading.Event) -> None:
+    """The producer thread: every step decoded, augmented and queued, or the
+    first exception queued for the training thread to raise."""
+    try:
+        sides = [_side_stream(device) for device in spec.devices]
+        with contextlib.closing(_read_ahead(spec, reader, plans, epoch)) as host_steps:
+            for hosts in host_steps:
+                if stop.is_set():
+                    return
+                ready.put(_prepare_step(spec, reader, hosts, sides))
+    except BaseException as err:   # noqa: BLE001 - every failure is the training thread's to raise
+        ready.put(_ProducerFailed(err))
+
+
+def _read_ahead(spec: LoaderSpec, reader: RecordReader, plans: List[ShardEpoch], epoch: int) -> Iterator[list]:
+    """Each step's HostBatches, read ``READ_AHEAD`` steps ahead on a reader thread."""
     steps = len(plans[0].positions)
     decode_here = [device_kind(device) == "cpu" for device in spec.devices]
 
@@ -310,7 +379,61 @@ def nvjpeg_epoch(spec: LoaderSpec, reader: RecordReader, plans: List[ShardEpoch]
                 hosts = pending.popleft().result()
                 if step + READ_AHEAD < steps:
                     pending.append(pool.submit(read_step, step + READ_AHEAD))
-                yield [device_batch(spec, reader, host, device) for host, device in zip(hosts, spec.devices)]
+                yield hosts
         finally:
             for future in pending:
                 future.cancel()   # an abandoned epoch: the with-block waits for the read under way only
+
+
+def _side_stream(device):
+    """The producer's own CUDA stream on a GPU device; None on a CPU."""
+    if device_kind(device) == "cpu":
+        return None
+    return torch.cuda.Stream(device)   # GPU-ONLY
+
+
+def _prepare_step(spec: LoaderSpec, reader: RecordReader, hosts: list, sides: list) -> ReadyStep:
+    """One step's device batches, each GPU's made on its producer stream and
+    followed there by an event that training's stream will wait for."""
+    batches, events = [], []
+    for host, device, side in zip(hosts, spec.devices, sides):
+        if side is None:
+            batches.append(device_batch(spec, reader, host, device))
+            events.append(None)
+            continue
+        with torch.cuda.stream(side):                          # GPU-ONLY: decode, augment, label copy
+            batches.append(device_batch(spec, reader, host, device))
+            events.append(torch.cuda.Event())                 # GPU-ONLY
+            events[-1].record(side)                           # GPU-ONLY
+    return ReadyStep(batches, events, hosts)
+
+
+def _hand_over(step: ReadyStep, devices) -> list:
+    """The step's batches for the training thread's current streams."""
+    for (data, label, _), event, device in zip(step.batches, step.events, devices):
+        if event is None:
+            continue
+        training = torch.cuda.current_stream(device)         # GPU-ONLY
+        training.wait_event(event)                            # GPU-ONLY: training's kernels start after the batch
+        data.record_stream(training)                          # GPU-ONLY: not reused until training has read it
+        label.record_stream(training)                         # GPU-ONLY
+    return step.batches
+
+
+def _take(ready: queue.Queue, producer: threading.Thread):
+    """The next ReadyStep or failure; a producer gone without one is an error,
+    not a hang."""
+    while True:
+        try:
+            return ready.get(timeout=0.5)
+        except queue.Empty:
+            if not producer.is_alive() and ready.empty():
+                raise RuntimeError("the nvjpeg producer thread ended without handing over a step") from None
+
+
+def _drain(ready: queue.Queue) -> None:
+    while True:
+        try:
+            ready.get_nowait()
+        except queue.Empty:
+            return
