@@ -261,7 +261,10 @@ def test_the_producer_hands_over_the_steps_the_sequential_code_makes_in_order(co
     assert len(plans[0].positions) == 3
     expected = [[device_batch(spec, reader, read_host_batch(spec, reader, plan, step, 2, True), CPU)
                  for plan in plans] for step in range(3)]
-    _same(expected, _copies(nvjpeg_epoch(spec, reader, plans, 2, prepare_ahead=depth)))
+    steps = nvjpeg_epoch(spec, reader, plans, 2, prepare_ahead=depth)
+    first = _copies([next(steps)])
+    time.sleep(0.3)   # the producer fills the queue: a queue handing over out of order would show now
+    _same(expected, first + _copies(steps))
     assert _threads_left() == []
     with pytest.raises(ValueError, match="prepare_ahead must be 1 or more, not 0"):
         next(nvjpeg_epoch(spec, reader, plans, 2, prepare_ahead=0))
@@ -295,12 +298,15 @@ def test_decoding_and_augmentation_run_ahead_on_the_producer_within_the_queue_de
 def test_closing_the_epoch_early_stops_the_producer_and_reader_threads(coordinate_set):
     from visionbench.engines.torch.nvjpeg import PRODUCER_THREAD, nvjpeg_epoch
 
-    spec, reader, plans = _direct(coordinate_set)
+    spec, reader, plans = _direct(coordinate_set, devices=[CPU])   # 7 steps: more than 1 + depth + 1
     steps = nvjpeg_epoch(spec, reader, plans, 2)
     next(steps)
+    time.sleep(0.3)   # the producer blocked on the full queue
     assert PRODUCER_THREAD in _threads_left()   # running while the epoch is open
-    steps.close()
-    assert _threads_left() == []
+    closer = threading.Thread(target=steps.close, daemon=True)   # a deadlock fails the test, not hangs it
+    closer.start()
+    closer.join(timeout=10)
+    assert not closer.is_alive() and _threads_left() == []
     for parts in make_loader(spec).epoch(2):   # through the loader, left by a break
         break
     del parts
