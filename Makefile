@@ -12,7 +12,7 @@ ENGINE ?= mxnet
 RUN_DIR ?= runs/demo$(if $(filter-out mxnet,$(ENGINE)),-$(ENGINE))
 # The demo run: ResNet18 v1.5 at 32 px on the CPU with the DALI CPU pipeline.
 DEMO_TRAIN = --engine $(ENGINE) --device cpu -n 1 -b 32 --data-root $(DEMO_DIR) --data-backend dali-cpu --image-size 32 \
-	--arch resnetv15 --num-layers 18 --num-classes 10 -e 10 --lr 0.8 --lr-schedule onecycle \
+	--arch resnetv15 --num-layers 18 --num-classes 10 -e 16 --lr 0.8 --lr-schedule onecycle \
 	--init-bn0 --no-bn-wd --wd 5e-4 --min-random-area 0.6 \
 	--model-prefix $(RUN_DIR)/model --report $(RUN_DIR)/report.json --dawn-tsv $(RUN_DIR)/dawn.tsv
 
