@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import Job, run_runner, write_palette_sets
+from conftest import Job, run_here, run_runner, write_palette_sets
 from visionbench.config import resolve
 from visionbench.data.sampling import epoch_order
 from visionbench.engine.plan import TrainingPlan
@@ -97,13 +97,14 @@ def test_validation_cadence_counts_epochs_from_0_and_always_validates_the_last()
 
 @pytest.mark.parametrize("engine", ["mxnet", "torch"])
 def test_the_recipe_reaches_the_target_and_the_checker_accepts_its_log_as_open_and_as_closed(palette, tmp_path,
-                                                                                              engine):
+                                                                                              engine, capfd):
     """On either engine: the run loop, schedule and log are one code; the
-    LARS update is each engine's own (engines/torch/optim.py repeats MXNet's)."""
+    LARS update is each engine's own (engines/torch/optim.py repeats MXNet's).
+    Both runs in this process (run_here): nobody kills them."""
     log, prefix, report = tmp_path / "mlperf.log", tmp_path / "m", tmp_path / "report.json"
     args = (*RECIPE, "--engine", engine, "-b", "16", "--lr", "4", "-e", "6", "--eval-period", "2", "--eval-offset", "1",
             "--data-root", palette, "--model-prefix", prefix, "--mlperf-log", log, "--report", report)
-    result = run_runner(*args)
+    result = run_here(capfd, *args)
     assert result.returncode == 0, result.stderr
     assert "reached --target-top1 0.759 at epoch" in result.stdout
     for division in (None, "closed"):
@@ -134,7 +135,7 @@ def test_the_recipe_reaches_the_target_and_the_checker_accepts_its_log_as_open_a
 
     # The target was reached: the same command again trains nothing and writes no log.
     before = log.read_bytes()
-    again = run_runner(*args)
+    again = run_here(capfd, *args)
     assert again.returncode == 0, again.stderr
     assert f"was reached at epoch {stopped_at}" in again.stdout and "nothing to train" in again.stdout
     assert log.read_bytes() == before and sorted(p.name for p in tmp_path.glob("mlperf*")) == ["mlperf.log"]
@@ -156,7 +157,7 @@ def test_a_two_worker_dist_sync_run_writes_one_log_the_checker_accepts(palette, 
     assert sorted(p.name for p in tmp_path.glob("mlperf*")) == ["mlperf.log"]
 
 
-def test_sigterm_leaves_a_complete_aborted_log_and_the_resume_writes_its_own(palette, tmp_path):
+def test_sigterm_leaves_a_complete_aborted_log_and_the_resume_writes_its_own(palette, tmp_path, capfd):
     log = tmp_path / "mlperf.log"
     # Target 0.99 is out of reach (5% of val is mislabelled): the resumed run ends aborted too.
     # One block of 2 epochs: validation after epoch 2 only (epoch 1 counted from 0).
@@ -176,10 +177,11 @@ def test_sigterm_leaves_a_complete_aborted_log_and_the_resume_writes_its_own(pal
 
     before = log.read_bytes()
     # A resume refused before its run starts (another model) leaves no log behind.
-    wrong = run_runner(*[("34" if a == "18" else a) for a in args])
+    # The refusal and the resume in this process (run_here): only the interrupted run needs its own.
+    wrong = run_here(capfd, *[("34" if a == "18" else a) for a in args])
     assert wrong.returncode == 2 and "holds resnet18_v1.5 with 10 classes" in wrong.stderr
     assert sorted(p.name for p in tmp_path.glob("mlperf*")) == ["mlperf.log"]
-    resumed = run_runner(*args)
+    resumed = run_here(capfd, *args)
     assert resumed.returncode == 0, resumed.stderr
     own = tmp_path / "mlperf.resume1.log"
     assert f"MLPerf log of this resumed run: {own}" in resumed.stdout
