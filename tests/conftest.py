@@ -228,3 +228,21 @@ def write_palette_sets(folder: Path, train: int, val: int) -> Path:
     write_colour_set(folder / "val", val, labels=[(i + 1) % 10 if i % 20 == 19 else i % 10 for i in range(val)],
                      payload_of=jpeg)
     return folder
+
+
+def processes_in_group(pgid: int) -> list:
+    """The pids left in process group ``pgid`` (pgrep)."""
+    found = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found]
+
+
+def finish_group(job: subprocess.Popen, timeout: float = 120):
+    """(result, processes left in its group) once ``job``, started with
+    start_new_session=True, has ended; a job past ``timeout`` is killed, group and all."""
+    try:
+        out, err = job.communicate(timeout=timeout)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    time.sleep(0.5)   # the group's last processes leave the process table
+    return subprocess.CompletedProcess(job.args, job.returncode, out, err), processes_in_group(job.pid)

@@ -14,7 +14,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_small_demo, one_line_error, run_runner
+from conftest import ROOT, finish_group, make_small_demo, one_line_error, processes_in_group, run_runner
 from visionbench.config import Config
 from visionbench.engine.run import train
 from visionbench.report.schema import validate_report
@@ -42,11 +42,6 @@ def _report(path):
     report = json.loads(Path(path).read_text())
     validate_report(report, "train_report")
     return report
-
-
-def _processes_in_group(pgid):
-    found = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
-    return [int(pid) for pid in found]
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +148,7 @@ def _start_job(demo, prefix):
     workers = []
     while time.monotonic() < deadline and len(workers) < 2:
         time.sleep(0.5)
-        workers = [pid for pid in _processes_in_group(job.pid)
+        workers = [pid for pid in processes_in_group(job.pid)
                    if "train.py" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
                    and pid != job.pid] if job.poll() is None else []
     if len(workers) < 2:
@@ -177,7 +172,7 @@ def test_a_signal_to_the_launcher_stops_the_whole_job_cleanly(demo, tmp_path):
     assert one_line_error(subprocess.CompletedProcess(command, 143, "", stderr)).startswith(
         "train.py: stopped by a signal: every process of the job was sent SIGTERM")
     time.sleep(1)
-    assert _processes_in_group(job.pid) == []
+    assert processes_in_group(job.pid) == []
     for epoch, iteration in complete_positions(tmp_path / "m"):   # whatever was saved is whole
         assert load_meta(tmp_path / "m", epoch, iteration)["epoch"] == epoch
 
@@ -203,7 +198,7 @@ def test_killing_one_worker_ends_the_job_and_leaves_no_process(demo, tmp_path):
                       r"machine has ([\d.]+) GiB", message)
     assert found and float(found[1]) < float(found[2]) / 1.5, message
     time.sleep(1)
-    assert _processes_in_group(job.pid) == []
+    assert processes_in_group(job.pid) == []
 
 
 @pytest.mark.parametrize("args, words", [
@@ -241,13 +236,7 @@ def _job(args, timeout=120):
                "--local-workers", "2"]
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True, env=dict(os.environ, PYTHON=sys.executable))
-    try:
-        out, err = job.communicate(timeout=timeout)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    time.sleep(0.5)
-    return subprocess.CompletedProcess(command, job.returncode, out, err), _processes_in_group(job.pid)
+    return finish_group(job, timeout)
 
 
 @pytest.mark.parametrize("case", ["prefix folder missing", "no val set", "report exists", "prefix locked",

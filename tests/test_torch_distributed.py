@@ -9,14 +9,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, one_line_error, runner_env, write_palette_sets
+from conftest import ROOT, finish_group, one_line_error, processes_in_group, runner_env, write_palette_sets
 
 HALF = 8            # images per worker per step: the global batch is 16
 EXAMPLES = 64       # synthetic images an epoch: 4 steps of 2 x 8
@@ -33,11 +32,6 @@ def _args(prefix, *extra):
             *map(str, extra)]
 
 
-def _processes_in_group(pgid):
-    found = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
-    return [int(pid) for pid in found]
-
-
 def _local_worker(pid):
     """The launcher's index of worker ``pid`` (VISIONBENCH_LOCAL_WORKER in its environment)."""
     try:
@@ -51,17 +45,6 @@ def _start(args):
     """./runner in its own process group (so that every process it started can be found)."""
     return subprocess.Popen(["bash", str(ROOT / "runner"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, env=dict(runner_env(), OMP_NUM_THREADS=str(THREADS)))
-
-
-def _finish(job, timeout=120):
-    """(result, processes left in the job's group) once the job has ended."""
-    try:
-        out, err = job.communicate(timeout=timeout)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    time.sleep(0.5)
-    return subprocess.CompletedProcess(job.args, job.returncode, out, err), _processes_in_group(job.pid)
 
 
 def _reference(prefix):
@@ -130,7 +113,7 @@ def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("torchdist")
     (root / "job").mkdir()
     started = time.monotonic()
-    result, left = _finish(_start(_args(root / "job" / "m", "-e", EPOCHS, "--report", root / "report.json")))
+    result, left = finish_group(_start(_args(root / "job" / "m", "-e", EPOCHS, "--report", root / "report.json")))
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     return {"root": root, "result": result, "left": left, "seconds": seconds}
@@ -173,7 +156,7 @@ def test_a_workers_own_usage_error_ends_the_job_with_its_line(tmp_path):
     data = write_palette_sets(tmp_path / "palette", 80, 20)
     (tmp_path / "out").mkdir()
     args = [a for a in _args(tmp_path / "out" / "m", "-e", 1) if a not in ("--data-backend", "synthetic")]
-    result, left = _finish(_start([*args, "-b", "64", "--data-root", str(data), "--data-backend", "dali-cpu"]))
+    result, left = finish_group(_start([*args, "-b", "64", "--data-root", str(data), "--data-backend", "dali-cpu"]))
     assert result.returncode == 2, result.stderr
     line = one_line_error(result)
     assert line.startswith("train.py: error: ") and "fewer than the batch size 64" in line, line
@@ -188,12 +171,12 @@ def test_killing_one_worker_ends_the_job_and_leaves_no_process(tmp_path):
         assert "started 2 worker(s)" in job.stdout.readline()
         line = job.stdout.readline()   # rank 0's first step line: both workers are training
         assert line.startswith("epoch 1/100 batch 1/"), line
-        workers = {_local_worker(pid): pid for pid in _processes_in_group(job.pid) if pid != job.pid}
+        workers = {_local_worker(pid): pid for pid in processes_in_group(job.pid) if pid != job.pid}
         workers.pop(None, None)
         assert sorted(workers) == ["0", "1"], workers   # (./runner execs the launcher: job.pid)
         os.kill(workers["1"], signal.SIGKILL)
         killed_at = time.monotonic()
-        result, left = _finish(job, timeout=60)
+        result, left = finish_group(job, timeout=60)
         assert time.monotonic() - killed_at < 20   # promptly, not after a gloo timeout
     finally:
         if job.poll() is None:
