@@ -244,5 +244,17 @@ def finish_group(job: subprocess.Popen, timeout: float = 120):
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-    time.sleep(0.5)   # the group's last processes leave the process table
-    return subprocess.CompletedProcess(job.args, job.returncode, out, err), processes_in_group(job.pid)
+    return subprocess.CompletedProcess(job.args, job.returncode, out, err), processes_left_in_group(job.pid)
+
+
+def processes_left_in_group(pgid: int, timeout: float = 10) -> list:
+    """The pids still in process group ``pgid`` once it has emptied or
+    ``timeout`` s have passed: a process whose parent died (it gets SIGKILL
+    from die_with_parent) leaves the process table a moment later, and the
+    kernel gives no event for a process that is not our child: polled (10 ms)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = processes_in_group(pgid)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.01)

@@ -14,7 +14,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT, finish_group, make_small_demo, one_line_error, processes_in_group, run_runner
+from conftest import (ROOT, finish_group, make_small_demo, one_line_error, processes_in_group, processes_left_in_group,
+                      run_runner)
 from visionbench.config import Config
 from visionbench.engine.run import train
 from visionbench.report.schema import validate_report
@@ -139,22 +140,25 @@ def test_a_worker_other_than_rank_0_writes_nothing(demo, tmp_path):
 
 
 def _start_job(demo, prefix):
-    """A 2-worker job in its own process group, 3 s into training: (command, job, worker pids)."""
-    command = ["bash", str(ROOT / "runner"), *map(str, _args(demo, prefix, "-n", "1", "--kv-store",
-                                                               "dist_sync", "--local-workers", "2", "-e", "50"))]
+    """A 2-worker job in its own process group, past its first training step: (command, job, worker pids)."""
+    command = ["bash", str(ROOT / "runner"), *map(str, _args(demo, prefix, "-n", "1", "--kv-store", "dist_sync",
+                                                               "--local-workers", "2", "-e", "50",
+                                                               "--disp-batches", "1"))]
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True, env=dict(os.environ, PYTHON=sys.executable))
-    deadline = time.monotonic() + 60
-    workers = []
-    while time.monotonic() < deadline and len(workers) < 2:
-        time.sleep(0.5)
+    try:
+        lines = [job.stdout.readline()]
+        assert lines[0].startswith("started 2 worker(s)"), lines
+        # rank 0's first step line: both workers are training (dist_sync: a step needs both)
+        while lines[-1] and not lines[-1].startswith("epoch 1/50 batch 1/"):
+            lines.append(job.stdout.readline())
+        assert lines[-1], f"the job ended before its first step: {lines}"
         workers = [pid for pid in processes_in_group(job.pid)
-                   if "train.py" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-                   and pid != job.pid] if job.poll() is None else []
-    if len(workers) < 2:
+                   if "DMLC_ROLE=worker" in Path(f"/proc/{pid}/environ").read_text(errors="replace")]
+        assert len(workers) == 2, workers
+    except BaseException:
         os.killpg(job.pid, signal.SIGKILL)
-        pytest.fail("the job did not start two workers")
-    time.sleep(3)   # into training
+        raise
     return command, job, workers
 
 
@@ -171,8 +175,7 @@ def test_a_signal_to_the_launcher_stops_the_whole_job_cleanly(demo, tmp_path):
     assert job.returncode == 143
     assert one_line_error(subprocess.CompletedProcess(command, 143, "", stderr)).startswith(
         "train.py: stopped by a signal: every process of the job was sent SIGTERM")
-    time.sleep(1)
-    assert processes_in_group(job.pid) == []
+    assert processes_left_in_group(job.pid) == []
     for epoch, iteration in complete_positions(tmp_path / "m"):   # whatever was saved is whole
         assert load_meta(tmp_path / "m", epoch, iteration)["epoch"] == epoch
 
@@ -197,8 +200,7 @@ def test_killing_one_worker_ends_the_job_and_leaves_no_process(demo, tmp_path):
                       r"run needs an estimated ([\d.]+) GiB \(2 workers x [\d.]+ GiB: .*batch 8 at 32 px\), and this "
                       r"machine has ([\d.]+) GiB", message)
     assert found and float(found[1]) < float(found[2]) / 1.5, message
-    time.sleep(1)
-    assert processes_in_group(job.pid) == []
+    assert processes_left_in_group(job.pid) == []
 
 
 @pytest.mark.parametrize("args, words", [
