@@ -9,7 +9,9 @@ step k, it gives the same batches;
 (3) val geometry equals the DALI cpu val pipeline's (bound measured below);
 (4) the torch engine trains with it and writes a valid report;
 (5) the MXNet engine, and loaders for MXNet, refuse it in one line;
-(6) the producer thread: the sequential code's steps in order at any queue
+(6) on a GPU, what nvJPEG cannot decode (PNG, CMYK JPEGs) OpenCV does, in
+its place (a CPU stand-in for the GPU decoder);
+(7) the producer thread: the sequential code's steps in order at any queue
 depth, augmentation on the producer only, the queue bounded, its threads
 gone after an early close or a failure, which training's thread raises.
 The GPU decoder itself (decode_on_gpu) cannot run here."""
@@ -215,22 +217,95 @@ def test_the_mxnet_engine_and_mxnet_loaders_refuse_nvjpeg(tmp_path, capfd):
     assert IMAGENET_MEAN == Augment().mean and IMAGENET_STD == Augment().std
 
 
-def test_a_batch_nvjpeg_rejects_names_the_bad_record_or_passes_the_decoders_words_on(tmp_path):
-    """nvjpeg._undecodable, what a failed GPU decode raises (the decode itself
-    needs a GPU): the record OpenCV cannot decode either, by its key; else the
-    decoder's own last line (CMYK and other JPEGs nvJPEG refuses)."""
-    from visionbench.data.recordio import BadRecordSet, RecordReader
-    from visionbench.engines.torch.nvjpeg import _undecodable
+def _jpeg(image: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
 
-    payloads = [_png(coordinate_image(0)), b"not an image", _png(coordinate_image(2))]
-    prefix = write_colour_set(tmp_path / "bad", 3, payload_of=lambda i: payloads[i])
+
+def _cmyk_jpeg(index: int) -> bytes:
+    """A CMYK JPEG (ImageNet's train set holds 22): OpenCV decodes it, nvJPEG may refuse it."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.fromarray(coordinate_image(index)).convert("CMYK").save(out, format="JPEG", quality=95)
+    return out.getvalue()
+
+
+class StandInNvJpeg:
+    """What decode_on_gpu does, on a CPU (the real one needs a GPU): a list of
+    JPEG byte tensors decoded in one call; a RuntimeError for the whole call
+    when any of them is one it ``refuses`` (as nvJPEG's batch fails on one
+    image) or is not a JPEG at all (nvJPEG cannot read PNG). ``calls``: the
+    size of each call."""
+
+    def __init__(self, refuses=()):
+        self.refuses = {bytes(payload) for payload in refuses}
+        self.calls = []
+
+    def __call__(self, encoded, device):
+        from visionbench.engines.torch.nvjpeg import decode_with_opencv, is_jpeg
+
+        self.calls.append(len(encoded))
+        payloads = [t.numpy().tobytes() for t in encoded]
+        if any(p in self.refuses or not is_jpeg(p) for p in payloads):
+            raise RuntimeError("decode_jpegs_cuda failed\nnvjpeg: unsupported image")
+        return [decode_with_opencv(p, "stand-in").to(device) for p in payloads]
+
+
+def _host_batch_for_a_gpu(payloads, tmp_path):
+    """The reader thread's HostBatch of one batch holding ``payloads``, read as for a GPU device."""
+    from visionbench.data.recordio import RecordReader
+    from visionbench.data.sampling import ShardEpoch
+    from visionbench.engines.torch.nvjpeg import read_host_batch
+
+    prefix = write_colour_set(tmp_path / "mixed", len(payloads), payload_of=lambda i: payloads[i])
     reader = RecordReader(prefix)
-    decoder_error = RuntimeError("decode_jpegs_cuda failed\nFailed to get image info: 2")
-    named = _undecodable(reader, np.array([0, 1, 2]), decoder_error)
-    assert isinstance(named, BadRecordSet) and str(named).startswith("record 1 of ") and "not a decodable" in str(named)
-    passed_on = _undecodable(reader, np.array([0, 2]), decoder_error)
-    assert str(passed_on).endswith("nvJPEG could not decode a batch that OpenCV decodes (not a baseline or "
-                                   "progressive JPEG? a CMYK one?): Failed to get image info: 2")
+    spec = LoaderSpec(prefix=prefix, train=False, batch_size=len(payloads), image_size=16, devices=[CPU],
+                      backend="nvjpeg", framework="torch")
+    plan = ShardEpoch(positions=np.arange(len(payloads))[None], pads=np.zeros(1, dtype=np.int64))
+    return read_host_batch(spec, reader, plan, 0, 0, decode_here=False), reader
+
+
+def test_png_and_jpegs_nvjpeg_refuses_are_decoded_by_opencv_in_their_places(tmp_path):
+    """A GPU's batch mixing JPEGs, a PNG (our CIFAR-10 sets are all PNG;
+    image folders pass PNGs through) and a CMYK JPEG nvJPEG refuses: the
+    JPEGs go to nvJPEG in one call; the PNG never does (OpenCV decodes it on
+    the reader thread); after the refusal each JPEG is tried alone and the
+    refused one is decoded by OpenCV; every image lands in its own place."""
+    from visionbench.engines.torch.nvjpeg import decode_batch, decode_with_opencv
+
+    payloads = [_jpeg(coordinate_image(0)), _png(coordinate_image(1)), _cmyk_jpeg(2), _jpeg(coordinate_image(3))]
+    host, reader = _host_batch_for_a_gpu(payloads, tmp_path)
+    assert [e is None for e in host.encoded] == [False, True, False, False]   # the PNG: decoded on the reader
+    nvjpeg = StandInNvJpeg(refuses=[payloads[2]])
+    images = decode_batch(host, CPU, reader, nvjpeg)
+    assert nvjpeg.calls == [3, 1, 1, 1]   # the batch of 3 JPEGs, refused; then each alone
+    for image, payload in zip(images, payloads):
+        assert torch.equal(image, decode_with_opencv(payload, "expected"))
+    # nvJPEG refusing nothing: one call, the batch's JPEGs only.
+    nvjpeg = StandInNvJpeg()
+    assert all(torch.equal(a, b) for a, b in zip(decode_batch(host, CPU, reader, nvjpeg), images))
+    assert nvjpeg.calls == [3]
+
+
+def test_a_record_neither_decoder_reads_stops_the_run_named_and_out_of_memory_is_no_records_fault(tmp_path):
+    from visionbench.data.recordio import BadRecordSet
+    from visionbench.engines.torch.nvjpeg import decode_batch
+
+    broken = b"\xff\xd8\xff\xe0 a JPEG's first bytes, then nothing a decoder can read"
+    payloads = [_jpeg(coordinate_image(0)), broken, _jpeg(coordinate_image(2))]
+    host, reader = _host_batch_for_a_gpu(payloads, tmp_path)
+    with pytest.raises(BadRecordSet) as refusal:
+        decode_batch(host, CPU, reader, StandInNvJpeg(refuses=[broken]))
+    assert str(refusal.value).startswith(f"record 1 of {reader.rec_path}") and "not a decodable image" in str(
+        refusal.value) and refusal.value.index == 1
+
+    def out_of_memory(encoded, device):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):   # not retried image by image, not blamed on a record
+        decode_batch(host, CPU, reader, out_of_memory)
 
 
 # --- the producer thread (nvjpeg_epoch): decode + augment ahead of training ---

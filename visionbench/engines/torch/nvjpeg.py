@@ -65,23 +65,35 @@ _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16":
 
 
 class HostBatch(NamedTuple):
-    """One device's batch as the reader thread leaves it."""
+    """One device's batch as the reader thread leaves it: per sample, either
+    its JPEG bytes for nvJPEG or its image decoded here by OpenCV."""
     positions: np.ndarray        # dataset positions
     pad: int                     # trailing samples that repeat earlier ones
     labels: np.ndarray           # (batch,) float32, as stored
-    encoded: List[torch.Tensor]  # GPUs: 1-D uint8 JPEG bytes per sample, on the host; CPUs: empty
-    decoded: Optional[list]      # CPU devices: OpenCV's (3, H, W) uint8 RGB tensors; GPUs: None
+    encoded: list                # GPUs: a JPEG's bytes (1-D uint8 host tensor), None where decoded; CPUs: all None
+    decoded: list                # OpenCV's (3, H, W) uint8 RGB tensor: every sample on CPUs, the non-JPEGs on GPUs
     draws: Optional[tuple]       # the sampler's choices (crop_windows), None for val
+    keys: Sequence[int] = ()     # the samples' record keys (error messages)
 
 
-def decode_with_opencv(payload, what: str) -> torch.Tensor:
+JPEG_START = b"\xff\xd8\xff"   # SOI marker, then the first segment's marker
+
+
+def is_jpeg(payload) -> bool:
+    """JPEG bytes, by their first 3 bytes. The rest (PNG: our CIFAR-10 sets and
+    the pass-through PNGs of an image folder, BMP) nvJPEG cannot decode."""
+    return bytes(payload[:3]) == JPEG_START
+
+
+def decode_with_opencv(payload, what: str, key: Optional[int] = None) -> torch.Tensor:
     """(3, H, W) uint8 RGB, the layout nvJPEG's decoders return. EXIF
-    orientation is ignored, as decode_jpeg's default and DALI's decoder do."""
+    orientation is ignored, as decode_jpeg's default and DALI's decoder do.
+    CMYK JPEGs, PNG and BMP decode here too."""
     import cv2
 
     image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
-        raise BadRecordSet(f"{what} is not a decodable image")
+        raise BadRecordSet(f"{what} is not a decodable image", key)
     return torch.from_numpy(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
 
 
@@ -139,19 +151,21 @@ def _gpu_decoder():
 def read_host_batch(spec: LoaderSpec, reader: RecordReader, plan: ShardEpoch, step: int, epoch: int,
                     decode_here: bool) -> HostBatch:
     """Batch ``step`` of a device's plan: bytes copied out of the map (page
-    faults and copies on this thread), labels, the sampler's draws and, for a
-    CPU device, the decoded images."""
+    faults and copies on this thread), labels, the sampler's draws and the
+    images OpenCV decodes here: all of them for a CPU device; for a GPU, the
+    records that are not JPEGs (nvJPEG's batch would fail on them)."""
     positions, pad = plan.positions[step], int(plan.pads[step])
     records = [reader.read(int(position)) for position in positions]
+    keys = [reader.keys[int(position)] for position in positions]
     labels = np.array([label for label, _ in records], dtype=np.float32)
-    encoded, decoded = [], None
-    if decode_here:
-        decoded = [decode_with_opencv(payload, f"record {reader.keys[int(p)]} of {reader.rec_path}")
-                   for p, (_, payload) in zip(positions, records)]
-    else:
-        encoded = [torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).copy()) for _, payload in records]
+    encoded, decoded = [None] * len(records), [None] * len(records)
+    for index, ((_, payload), key) in enumerate(zip(records, keys)):
+        if decode_here or not is_jpeg(payload):
+            decoded[index] = decode_with_opencv(payload, f"record {key} of {reader.rec_path}", key)
+        else:
+            encoded[index] = torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).copy())
     del records   # views into the map: released before the reader may close
-    return HostBatch(positions, pad, labels, encoded, decoded, _draws(spec, positions, epoch))
+    return HostBatch(positions, pad, labels, encoded, decoded, _draws(spec, positions, epoch), keys)
 
 
 def _draws(spec: LoaderSpec, positions: np.ndarray, epoch: int):
@@ -286,30 +300,41 @@ def normalize(batch: torch.Tensor, mean, std, dtype: str) -> torch.Tensor:
 
 def device_batch(spec: LoaderSpec, reader: RecordReader, host: HostBatch, device) -> tuple:
     """(data, label, pad) on ``device`` from one HostBatch."""
-    images = host.decoded
-    if images is None:
-        try:
-            images = decode_on_gpu(host.encoded, device)   # GPU-ONLY
-        except torch.cuda.OutOfMemoryError:
-            raise   # a RuntimeError too, but no record's fault
-        except RuntimeError as err:
-            raise _undecodable(reader, host.positions, err) from err
+    images = decode_batch(host, device, reader, decode_on_gpu)
     data = augment(spec, images, host.draws)
     return data, torch.from_numpy(host.labels).to(device), host.pad
 
 
-def _undecodable(reader: RecordReader, positions: np.ndarray, decoder_error: Exception) -> BadRecordSet:
-    """Name the record nvJPEG failed on (found by decoding with OpenCV), else
-    say what the decoder said."""
-    for position in positions:
-        key = reader.keys[int(position)]
+def decode_batch(host: HostBatch, device, reader: RecordReader, gpu_decode) -> list:
+    """Every sample's (3, H, W) uint8 image on ``device``: the JPEGs in one
+    ``gpu_decode`` call (decode_on_gpu), the rest as the reader thread
+    decoded them, copied over. A batch nvJPEG refuses (a CMYK or other JPEG
+    it does not support) is decoded one JPEG at a time, and what nvJPEG
+    refuses alone OpenCV decodes, as DALI's decoder falls back to the CPU; a
+    record OpenCV cannot decode either stops the run, named."""
+    images = list(host.decoded)
+    jpegs = [index for index, image in enumerate(images) if image is None]
+    if jpegs:
         try:
-            decode_with_opencv(reader.read(int(position))[1], f"record {key} of {reader.rec_path}")
-        except BadRecordSet as err:
-            return BadRecordSet(str(err), key)
-    said = (str(decoder_error).strip().splitlines() or [type(decoder_error).__name__])[-1][:200]
-    return BadRecordSet(f"{reader.rec_path}: nvJPEG could not decode a batch that OpenCV decodes "
-                        f"(not a baseline or progressive JPEG? a CMYK one?): {said}")
+            decoded = gpu_decode([host.encoded[index] for index in jpegs], device)
+        except torch.cuda.OutOfMemoryError:
+            raise   # a RuntimeError too, but no record's fault
+        except RuntimeError:
+            decoded = [_decode_alone(host, index, device, reader, gpu_decode) for index in jpegs]
+        for index, image in zip(jpegs, decoded):
+            images[index] = image
+    return [image.to(device) for image in images]
+
+
+def _decode_alone(host: HostBatch, index: int, device, reader: RecordReader, gpu_decode) -> torch.Tensor:
+    """Sample ``index`` by nvJPEG alone, else by OpenCV (on this thread)."""
+    try:
+        return gpu_decode([host.encoded[index]], device)[0]
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except RuntimeError:
+        key = host.keys[index]
+        return decode_with_opencv(host.encoded[index].numpy(), f"record {key} of {reader.rec_path}", key)
 
 
 class ReadyStep(NamedTuple):
