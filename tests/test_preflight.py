@@ -8,7 +8,6 @@ import resource
 import subprocess
 from dataclasses import replace
 
-import pytest
 
 from conftest import ROOT, one_line_error, runner_env
 from visionbench.config import Config

@@ -11,8 +11,8 @@ from typing import Dict, List, Optional
 from ..cli import Interrupted, UsageError
 from ..config import Config, model_name, settle_seed, to_dict
 from ..phases import DataSettings
-from .checkpoint import (checkpoint_engine, checkpoint_paths, complete_epochs, complete_positions, load_checkpoint, load_meta,
-                         load_weights, prune, refuse_foreign_files, remove_leftovers, save_checkpoint)
+from .checkpoint import (checkpoint_engine, checkpoint_paths, complete_epochs, complete_positions, load_meta,
+                         load_weights, prune, refuse_foreign_files, remove_leftovers)
 from .plan import TrainingPlan, data_folder, format_rows, make_plan
 from .epoch import EpochProgress, capped_steps
 from .precision import resolve_precision
