@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import Job, run_here, run_runner, write_palette_sets
+from conftest import Job, run_here, write_palette_sets
 from visionbench.config import resolve
 from visionbench.data.sampling import epoch_order
 from visionbench.engine.plan import TrainingPlan
@@ -142,14 +142,15 @@ def test_the_recipe_reaches_the_target_and_the_checker_accepts_its_log_as_open_a
     assert not list(tmp_path.glob(f"m-{stopped_at + 1:04d}.*"))
 
 
-def test_a_two_worker_dist_sync_run_writes_one_log_the_checker_accepts(palette, tmp_path):
+def test_a_two_worker_dist_sync_run_writes_one_log_the_checker_accepts(palette, tmp_path, capfd):
     log = tmp_path / "mlperf.log"
     # Validation after epoch 4 only (the closed division's cadence: every 4 epochs, offset 3 counted from 0),
     # where this run reaches the target: one validation pass instead of four. No checkpoints (0.2 s each here):
     # what a job's rank 0 saves is test_distributed's.
-    result = run_runner(*RECIPE, "-b", "8", "--lr", "4", "-e", "6", "--eval-period", "4", "--eval-offset", "3",
-                        "--save-frequency", "0", "--kv-store", "dist_sync", "--local-workers", "2",
-                        "--data-root", palette, "--model-prefix", tmp_path / "m", "--mlperf-log", log)
+    # The launcher in this process (run_here: MXNet is already imported here, 1.5 s), its 4 processes as always.
+    result = run_here(capfd, *RECIPE, "-b", "8", "--lr", "4", "-e", "6", "--eval-period", "4", "--eval-offset", "3",
+                      "--save-frequency", "0", "--kv-store", "dist_sync", "--local-workers", "2",
+                      "--data-root", palette, "--model-prefix", tmp_path / "m", "--mlperf-log", log)
     assert result.returncode == 0, result.stderr
     for division in (None, "closed"):
         status, output = check_compliance(log, tmp_path, as_division=division)
@@ -253,7 +254,7 @@ def test_only_a_closed_mlperf_run_without_seed_draws_one(tmp_path):
         resolve([*closed, "--config", str(recipe)])
 
 
-def test_a_closed_job_draws_one_seed_for_every_worker_and_its_resume_keeps_it(tmp_path):
+def test_a_closed_job_draws_one_seed_for_every_worker_and_its_resume_keeps_it(tmp_path, capfd):
     """A drawn seed is THE seed of the run: both workers of a dist_sync job
     cut their shards from the one permutation that the logged seed gives
     (each worker draws its own; rank 0's wins), and the same job resumed
@@ -269,14 +270,15 @@ def test_a_closed_job_draws_one_seed_for_every_worker_and_its_resume_keeps_it(tm
         return [p for rank in (0, 1)
                 for p in json.loads((samples / f"rank-{rank}-epoch-{epoch}.json").read_text())["positions"]]
 
-    first = run_runner(*job, "-e", "1")
+    # Both jobs' launchers in this process (run_here): their workers and servers are processes as always.
+    first = run_here(capfd, *job, "-e", "1")
     assert first.returncode == 0, first.stderr
     [seed] = values(log, "seed")
     assert f"seed {seed}, drawn from the system's randomness source" in first.stdout
     assert values(log, "submission_division") == ["closed"]
     assert fed(0) == list(epoch_order(8, 0, seed, shuffle=True))
 
-    resumed = run_runner(*job, "-e", "2")
+    resumed = run_here(capfd, *job, "-e", "2")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout
     assert values(tmp_path / "mlperf.resume1.log", "seed") == [seed]
