@@ -121,6 +121,11 @@ class _Rank1Of2:
     def sum(self, values):
         return [2 * float(v) for v in values]
 
+    def start_sum(self, values):
+        from visionbench.engine.collective import Done
+
+        return Done(self.sum(values))
+
     def broadcast_int(self, value):
         return int(value)
 
@@ -139,10 +144,10 @@ def test_a_worker_other_than_rank_0_writes_nothing(demo, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _start_job(demo, prefix):
+def _start_job(demo, prefix, epochs=50):
     """A 2-worker job in its own process group, past its first training step: (command, job, worker pids)."""
     command = ["bash", str(ROOT / "runner"), *map(str, _args(demo, prefix, "-n", "1", "--kv-store", "dist_sync",
-                                                               "--local-workers", "2", "-e", "50",
+                                                               "--local-workers", "2", "-e", epochs,
                                                                "--disp-batches", "1"))]
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True, env=dict(os.environ, PYTHON=sys.executable))
@@ -150,7 +155,7 @@ def _start_job(demo, prefix):
         lines = [job.stdout.readline()]
         assert lines[0].startswith("started 2 worker(s)"), lines
         # rank 0's first step line: both workers are training (dist_sync: a step needs both)
-        while lines[-1] and not lines[-1].startswith("epoch 1/50 batch 1/"):
+        while lines[-1] and not lines[-1].startswith(f"epoch 1/{epochs} batch 1/"):
             lines.append(job.stdout.readline())
         assert lines[-1], f"the job ended before its first step: {lines}"
         workers = [pid for pid in processes_in_group(job.pid)
@@ -178,6 +183,29 @@ def test_a_signal_to_the_launcher_stops_the_whole_job_cleanly(demo, tmp_path):
     assert processes_left_in_group(job.pid) == []
     for epoch, iteration in complete_positions(tmp_path / "m"):   # whatever was saved is whole
         assert load_meta(tmp_path / "m", epoch, iteration)["epoch"] == epoch
+
+
+def test_a_signal_to_one_worker_stops_every_worker_after_the_same_step_and_the_job_resumes(demo, tmp_path):
+    """SIGTERM to one worker only (kill PID; a scheduler signalling one
+    task): every worker stops after the same step (epoch.StopAgreement),
+    rank 0 saves it, the job ends with status 143 and rank 0's line, and the
+    same command resumes and finishes. A worker that stopped alone would
+    leave both waiting in each other's collectives, for ever."""
+    command, job, workers = _start_job(demo, tmp_path / "m", epochs=2)
+    try:
+        os.kill(workers[1], signal.SIGTERM)
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 143, stderr
+    line = one_line_error(subprocess.CompletedProcess(command, 143, "", stderr))
+    assert re.fullmatch(r"train\.py: stopped by SIGTERM (at epoch 1, iteration [1-4]: saved \S+; |after epoch 1: )"
+                        r"run the same command again to resume", line), line
+    assert processes_left_in_group(job.pid) == []
+    resumed = run_runner(*command[2:])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout and (tmp_path / "m-0002.params").exists()
 
 
 def test_killing_one_worker_ends_the_job_and_leaves_no_process(demo, tmp_path):

@@ -234,6 +234,11 @@ class _ThreadGroup:
         self._barrier.wait()   # every worker has read before the next sum writes
         return total
 
+    def start_sum(self, values):
+        from visionbench.engine.collective import Done
+
+        return Done(self.sum(values))
+
 
 class _StopDuringStep:
     """A SIGTERM that lands during step ``step`` (from 1) of an epoch: run_epoch reads
@@ -246,6 +251,9 @@ class _StopDuringStep:
     def requested(self):
         self._reads_left -= 1
         return signal.SIGTERM if self._reads_left <= 0 else None
+
+    def join_the_job(self):
+        pass   # (both workers' signals land in the same step here)
 
 
 def _epoch_on_two_workers(workers, plan, epoch, start=None, stop_step=None):
@@ -279,7 +287,7 @@ def test_a_resumed_epoch_counts_each_workers_images_and_loss_once(tmp_path):
     the epoch's sums so far, and every worker resumes from that checkpoint."""
     from visionbench.config import resolve
     from visionbench.engine.collective import Single
-    from visionbench.engine.epoch import EpochProgress
+    from visionbench.engine.epoch import EpochProgress, StopAgreement
     from visionbench.engine.run import plan_for
     from visionbench.engine.trainer import _loader
     from visionbench.engines.torch.session import TorchSession
@@ -298,10 +306,10 @@ def test_a_resumed_epoch_counts_each_workers_images_and_loss_once(tmp_path):
     try:
         whole = _epoch_on_two_workers(two_workers(), plan, 0)
         cut_job = two_workers()
-        cut = _epoch_on_two_workers(cut_job, plan, 0, stop_step=2)
+        cut = _epoch_on_two_workers(cut_job, plan, 0, stop_step=1)
         assert [result["complete"] for result in cut] == [False, False]
         saved = cut[0]["progress"].to_dict()   # what rank 0 writes into the checkpoint's meta
-        assert saved["iteration"] == 2
+        assert saved["iteration"] == 1 + StopAgreement.LAG   # the step whose vote saw the signal, read LAG later
         resumed = _epoch_on_two_workers(cut_job, plan, 0, start=EpochProgress(**saved))
     finally:
         torch.set_num_threads(threads)

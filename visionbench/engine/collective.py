@@ -14,6 +14,10 @@ integer, a barrier.
   mean synchronous data parallel, one device a process: DDP allreduces the
   gradients where they are (on the GPUs under NCCL), so there is no separate
   aggregation on the host to choose.
+
+``start_sum`` begins a sum without waiting for it (``.result()`` waits): the
+stop vote every step casts (epoch.StopAgreement) is read steps later, so
+it never holds the host back.
 """
 from __future__ import annotations
 
@@ -24,6 +28,18 @@ from ..cli import UsageError
 DIST_KVSTORES = ("dist_sync", "dist_device_sync")
 METRIC_KEY = 1_000_000        # kvstore keys of metrics: far above the Trainer's parameter indices
 BROADCAST_KEY = 1_000_100
+VOTE_KEY = 1_000_050          # + 10 x slot + length: start_sum's keys
+VOTE_SLOTS = 4                # start_sum's keys in rotation (epoch.StopAgreement reads 2 behind: no wait)
+
+
+class Done:
+    """A sum already known (one worker, or a group that sums synchronously)."""
+
+    def __init__(self, values: Sequence[float]):
+        self._values = [float(v) for v in values]
+
+    def result(self) -> List[float]:
+        return self._values
 
 
 class Single:
@@ -33,6 +49,9 @@ class Single:
 
     def sum(self, values: Sequence[float]) -> List[float]:
         return [float(v) for v in values]
+
+    def start_sum(self, values: Sequence[float]) -> Done:
+        return Done(values)
 
     def broadcast_int(self, value: int) -> int:
         return int(value)
@@ -58,6 +77,8 @@ class KVStoreGroup:
         self.size = self.kvstore.num_workers
         self._shapes = {}
         self._broadcasts = 0
+        self._sums_started = 0
+        self._slots = {}   # start_sum's slot -> its latest pending sum
 
     def _key(self, base: int, length: int) -> int:
         """One key per vector length: a key's shape is fixed at its init."""
@@ -77,6 +98,27 @@ class KVStoreGroup:
         # dist_sync: the server adds every worker's push before answering the pull.
         self.kvstore.pushpull(self._key(METRIC_KEY, len(values)), local, out=out)
         return [float(v) for v in out.asnumpy()]
+
+    def start_sum(self, values: Sequence[float]) -> "_PendingArray":
+        """The pushpull is queued on MXNet's engine; reading the result waits
+        for it. A pull answers with the key's latest sum, so a key's next
+        push must wait until every worker has pulled: the sums rotate over
+        VOTE_SLOTS keys, and a key is reused only after this worker's pull
+        of its previous sum is read (a push's round completes only when every
+        worker has pushed, hence after their pulls of the round before).
+        Seen without: a sum read one round late, the workers disagreeing."""
+        import mxnet as mx
+
+        slot = self._sums_started % VOTE_SLOTS
+        self._sums_started += 1
+        previous = self._slots.get(slot)
+        if previous is not None:
+            previous.result()
+        out = mx.nd.zeros(len(values))
+        key = self._key(VOTE_KEY + 10 * slot, len(values))
+        self.kvstore.pushpull(key, mx.nd.array([float(v) for v in values]), out=out)
+        self._slots[slot] = _PendingArray(out)
+        return self._slots[slot]
 
     def broadcast_int(self, value: int) -> int:
         """Rank 0's ``value`` on every worker: a fresh key's init keeps rank 0's
@@ -115,6 +157,17 @@ class KVStoreGroup:
         pass   # ps-lite leaves the job when the process exits
 
 
+class _PendingArray:
+    def __init__(self, out):
+        self._out = out
+        self._values = None
+
+    def result(self) -> List[float]:
+        if self._values is None:
+            self._values = [float(v) for v in self._out.asnumpy()]
+        return self._values
+
+
 class HorovodGroup:
     """One Horovod process (started by horovodrun / mpirun, one device each)."""
 
@@ -136,6 +189,9 @@ class HorovodGroup:
 
         total = self._hvd.allreduce(mx.nd.array([float(v) for v in values]), average=False, name="metrics")
         return [float(v) for v in total.asnumpy()]
+
+    def start_sum(self, values: Sequence[float]) -> Done:
+        return Done(self.sum(values))
 
     def broadcast_int(self, value: int) -> int:
         import mxnet as mx
@@ -177,6 +233,9 @@ class TorchGroup:
         dist.init_process_group("nccl" if device == "gpu" else "gloo", init_method="env://")
         self.rank = dist.get_rank()
         self.size = dist.get_world_size()
+        # start_sum's host-side group: gloo on host tensors, so that reading a result never waits for the
+        # GPU's queued steps (an NCCL result would be read through the training stream).
+        self._host_group = dist.new_group(backend="gloo") if device == "gpu" else None   # GPU-ONLY (new_group)
 
     def sum(self, values: Sequence[float]) -> List[float]:
         import torch
@@ -185,6 +244,13 @@ class TorchGroup:
         total = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._device)
         dist.all_reduce(total)   # SUM
         return [float(v) for v in total.tolist()]
+
+    def start_sum(self, values: Sequence[float]) -> "_PendingTorch":
+        import torch
+        import torch.distributed as dist
+
+        total = torch.tensor([float(v) for v in values], dtype=torch.float64)   # on the host, gloo
+        return _PendingTorch(total, dist.all_reduce(total, group=self._host_group, async_op=True))
 
     def broadcast_int(self, value: int) -> int:
         import torch
@@ -206,6 +272,15 @@ class TorchGroup:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+class _PendingTorch:
+    def __init__(self, total, work):
+        self._total, self._work = total, work
+
+    def result(self) -> List[float]:
+        self._work.wait()
+        return [float(v) for v in self._total.tolist()]
 
 
 def make_group(kv_store: str, engine: str = "mxnet", device: str = "cpu"):

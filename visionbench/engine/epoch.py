@@ -55,6 +55,53 @@ class EpochProgress:
                 "seconds": self.seconds, "skipped_records": self.skipped_records}
 
 
+class StopAgreement:
+    """Whether to stop after this step, the same answer on every worker of a
+    job. A signal reaches the workers at slightly different times, and a
+    worker that stops one step before another waits forever in that step's
+    collectives (gradients, the epoch's sums), as does the other. So after
+    each step every worker casts a vote (1: a signal reached it) in a sum
+    begun without waiting (group.start_sum), and reads the vote cast ``LAG``
+    steps earlier: every worker reads the same sum at the same step. One
+    worker alone does as its signal says, at once."""
+
+    LAG = 2   # steps between casting a vote and reading it: by then it has arrived, so reading costs no wait
+
+    def __init__(self, group, stop):
+        self.group, self.stop = group, stop
+        self.votes = []
+
+    def after_step(self) -> bool:
+        if self.stop is None:
+            return False
+        if self.group is None or self.group.size == 1:
+            return self.stop.requested is not None
+        self.votes.append(self.group.start_sum([1.0 if self.stop.requested is not None else 0.0]))
+        if len(self.votes) <= self.LAG:
+            return False
+        return self._agreed(self.votes.pop(0).result()[0])
+
+    def _agreed(self, signalled_workers: float) -> bool:
+        if signalled_workers > 0:
+            self.stop.join_the_job()
+            return True
+        return False
+
+
+def agree_to_stop(group, stop) -> bool:
+    """At an epoch's end (every worker there, after the same step): whether a
+    signal reached any worker, waited for. True makes every worker's ``stop``
+    requested."""
+    if stop is None:
+        return False
+    if group is None or group.size == 1:
+        return stop.requested is not None
+    if group.sum([1.0 if stop.requested is not None else 0.0])[0] > 0:
+        stop.join_the_job()
+        return True
+    return False
+
+
 def capped_steps(config: Config, steps: int) -> int:
     """Steps of a training epoch of ``steps`` batches: at most -i."""
     return min(steps, config.iterations) if config.iterations else steps
@@ -76,10 +123,11 @@ def update_batch_size(config: Config, loader, devices: int, num_workers: int) ->
 def run_epoch(stepper: Stepper, config: Config, plan, group, epoch: int, loader, progress: bool,
               start: EpochProgress = None, stop=None) -> dict:
     """Train ``epoch`` from ``start.iteration`` on. ``stop.requested`` (set
-    by a signal handler) ends the epoch after the current step; the result
-    then has ``complete`` False and the ``progress`` to resume from. Either
-    way the epoch's sums are added up over the workers (``group.sum``), so
-    every worker of a job must end the epoch after the same step."""
+    by a signal handler) ends the epoch after the current step (in a job:
+    after the step every worker agrees on, StopAgreement); the result then
+    has ``complete`` False and the ``progress`` to resume from. Either way
+    the epoch's sums are added up over the workers (``group.sum``), so every
+    worker of a job must end the epoch after the same step."""
     start = start or EpochProgress()
     devices = len(loader.spec.devices)
     num_workers = group.size if group is not None else 1
@@ -88,6 +136,7 @@ def run_epoch(stepper: Stepper, config: Config, plan, group, epoch: int, loader,
     skipped_before, left_out_before = stepper.skipped_steps, loader.skipped_records
     shown = _Progress(epoch, plan.epochs, steps, start, progress, config.disp_batches)
     received = [] if config.sample_log else None   # labels each device received, step by step
+    agreement = StopAgreement(group, stop)
     images, lr, iteration = 0, 0.0, start.iteration   # images: this worker's since ``start``
     started = time.perf_counter()
     for iteration, batches in zip(range(start.iteration, steps), loader.epoch(epoch, start.iteration)):
@@ -97,7 +146,7 @@ def run_epoch(stepper: Stepper, config: Config, plan, group, epoch: int, loader,
         if received is not None:
             received.append([_labels(label, pad) for _, label, pad in batches])
         shown.after_step(iteration, lr, images, stepper)
-        if stop is not None and stop.requested:
+        if agreement.after_step():
             iteration += 1
             break
     else:

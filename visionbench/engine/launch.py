@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Deque, List, Optional, Sequence
 
-from ..cli import EXIT_SIGTERM, EXIT_USAGE, Interrupted, Terminated, UsageError, die_with_parent
+from ..cli import EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, Interrupted, Terminated, UsageError, die_with_parent
 from ..config import Config
 
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
@@ -45,7 +45,9 @@ LOOPBACK = ("127.0.0.1", "localhost")
 LOCAL_WORKER_ENV = "VISIONBENCH_LOCAL_WORKER"   # 0..W-1: which of this machine's workers a process is
 DEFAULT_PORT = 9000       # several nodes: every node must be told the same port
 POLL_S = 0.05             # seconds between checks on the children (a waitpid each: cheap)
-STOP_GRACE_S = 5          # seconds between SIGTERM and SIGKILL when stopping a child
+STOP_GRACE_S = 5          # seconds between SIGTERM and SIGKILL when stopping a child after a failure
+SAVE_GRACE_S = 60         # seconds signalled workers get to agree on a step, finish it and save
+STOPPED = (EXIT_SIGTERM, EXIT_SIGINT)   # a worker's status after a signal stopped it (and it saved): no failure
 SERVERS_EXIT_S = 30       # seconds servers and scheduler get to finish after the workers
 CAUSE_WAIT_S = 2          # seconds a failed server or scheduler waits for a worker's own failure
 
@@ -159,11 +161,11 @@ def _start(role: str, index: int, command: List[str], env: dict) -> Child:
     return child
 
 
-def _stop(children: Sequence[Child]) -> None:
+def _stop(children: Sequence[Child], grace_s: float = STOP_GRACE_S) -> None:
     for child in children:
         if child.process.poll() is None:
             child.process.terminate()
-    deadline = time.monotonic() + STOP_GRACE_S
+    deadline = time.monotonic() + grace_s
     for child in children:
         try:
             child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
@@ -233,11 +235,19 @@ def _start_parameter_servers(config: Config, port: int) -> List[Child]:
     return children
 
 
+def _failed(child: Child) -> bool:
+    """Ended, neither done (0) nor, for a worker, stopped by a signal after saving (STOPPED)."""
+    code = child.process.poll()
+    return code not in (None, 0) and not (child.role == "worker" and code in STOPPED)
+
+
 def _supervise(config: Config, children: Sequence[Child], workers: Sequence[Child]) -> int:
-    """Wait until every worker has finished (0), or until a process fails:
-    then stop all the others and report the failure; its exit status."""
+    """Wait until every worker has finished (0) or stopped on a signal (a
+    signal to some of the workers stops them all after the same step:
+    epoch.StopAgreement), or until a process fails: then stop all the others
+    and report the failure; its exit status."""
     while True:
-        failed = next((c for c in children if c.process.poll() not in (None, 0)), None)
+        failed = next((c for c in children if _failed(c)), None)
         if failed is not None:
             failed = _first_cause(children, workers)
             _stop(children)
@@ -249,7 +259,20 @@ def _supervise(config: Config, children: Sequence[Child], workers: Sequence[Chil
             return failed.process.returncode if failed.process.returncode > 0 else 1
         if all(w.process.poll() == 0 for w in workers):
             return 0
+        if all(w.process.poll() is not None for w in workers):   # all ended, some (or all) stopped by a signal
+            return _stopped(workers)
         time.sleep(POLL_S)
+
+
+def _stopped(workers: Sequence[Child]) -> int:
+    """A job its workers stopped on a signal: this node's first worker's line
+    (worker 0 of node 0 is rank 0, which says what it saved) and status."""
+    stopped = [w for w in workers if w.process.returncode in STOPPED]
+    first = stopped[0]
+    first.reader.join(timeout=CAUSE_WAIT_S)   # its last words: the reader ends when its stderr closes
+    if first.last_lines:
+        sys.stderr.write(first.last_lines[-1] + "\n")
+    return first.process.returncode
 
 
 def launch(config: Config, argv: Sequence[str]) -> int:
@@ -276,7 +299,9 @@ def launch(config: Config, argv: Sequence[str]) -> int:
                     break   # (stopped below)
         return status
     except Terminated:
-        _stop(children)   # SIGTERM to each: workers finish their step and rank 0 saves its position
+        # SIGTERM to each worker: they agree on a step, finish it, and rank 0 saves the position; the servers
+        # and the scheduler leave once the workers have (then _stop below finds them gone).
+        _stop([c for c in children if c.role == "worker"], SAVE_GRACE_S)
         raise Interrupted("stopped by a signal: every process of the job was sent SIGTERM (workers that "
                           "finished the same step saved it); run the same command again to resume", EXIT_SIGTERM)
     finally:

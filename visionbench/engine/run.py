@@ -76,6 +76,10 @@ def _epoch_line(record: dict, epochs: int) -> str:
             f"size {record['image_size']}, batch {record['batch_size']}; {val}{left_out}")
 
 
+SAME_STOP_S = 1.0   # s: a second signal this soon after the first is the same stop (Ctrl-C reaches the whole
+                    # foreground group, which the launcher then also stops), not a request to stop at once
+
+
 class StopRequest:
     """Set by SIGTERM, SIGINT or SIGUSR1 (what batch schedulers send before a
     kill): the loop finishes its step, saves its position and exits. A second
@@ -86,14 +90,25 @@ class StopRequest:
 
     def __init__(self):
         self.requested = None
+        self._joined = False   # requested by the job (join_the_job), not by a signal to this process
+        self._first_at = float("-inf")   # time.monotonic() of the signal that requested the stop
         self._previous = {}
+
+    def join_the_job(self) -> None:
+        """Another worker of the job was signalled (epoch.StopAgreement): stop
+        with it, as if SIGTERM had come here too (the launcher sends every
+        worker the same). A signal that comes after this is the first here."""
+        if self.requested is None:
+            self.requested, self._joined = signal.SIGTERM, True
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
-        if self.requested is not None:
+        if self.requested is not None and time.monotonic() - self._first_at < SAME_STOP_S:
+            return   # the same stop reaching this process twice: a group's signal, then the launcher's
+        if self.requested is not None and not self._joined:
             raise Interrupted(f"second signal ({name}): stopped at once; the checkpoints on disk are complete "
                               "ones", _exit_status(signum))
-        self.requested = signum
+        self.requested, self._joined, self._first_at = signum, False, time.monotonic()
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -368,8 +383,12 @@ class _Run:
         if config.dawn_tsv:
             write_text_atomic(Path(config.dawn_tsv), "epoch\thours\ttop1Accuracy\ttop5Accuracy\n" + dawn_tsv(records))
 
+    def job_saves(self) -> bool:
+        return bool(self.config.save_frequency) and not self.config.benchmark
+
     def saves(self) -> bool:
-        return self.group.rank == 0 and bool(self.config.save_frequency) and not self.config.benchmark
+        """This process writes the job's checkpoints: rank 0 of a job that saves."""
+        return self.group.rank == 0 and self.job_saves()
 
     def loader(self, split: str, settings: DataSettings):
         return _loader(self.config, split, settings, self.devices, self.group.rank, self.group.size, self.loaders)
@@ -452,6 +471,7 @@ def _stop_inside_epoch(run: _Run, epoch: int, done: EpochProgress) -> None:
     if run.saves():
         run.session.save(prefix, epoch, run.meta_of(epoch, iteration=done.iteration, progress=done.to_dict()),
                          done.iteration)
+    if run.job_saves():   # every worker says what rank 0 saved: they all stopped after this step
         saved = f"saved {checkpoint_paths(prefix, epoch, done.iteration)['meta'].with_suffix('')}"
     run.write_reports("interrupted")
     raise Interrupted(f"stopped by {signal.Signals(stop.requested).name} at epoch {epoch + 1}, iteration "
@@ -463,7 +483,10 @@ def _after_epoch(run: _Run, epoch: int, record: dict) -> bool:
     """Record the epoch, checkpoint it, write the reports; True when the run
     ends here (the target reached). A signal that came during the epoch's
     last step or its validation keeps the epoch, then raises Interrupted."""
+    from .epoch import agree_to_stop
+
     config, stop, history = run.config, run.stop, run.history
+    agree_to_stop(run.group, stop)   # every worker of a job: the same answer below
     history.add(record)
     run.say(_epoch_line(record, run.plan.epochs), flush=True)
     reached = _target_reached(config, [record])
