@@ -1,0 +1,110 @@
+"""How a run decides to stop on a signal (engine/run.py StopRequest,
+engine/epoch.py StopAgreement), without a job: signals to this process, and a
+group of two workers whose votes are summed by hand."""
+import os
+import signal
+
+import pytest
+
+from visionbench.cli import Interrupted
+from visionbench.engine import run as run_module
+from visionbench.engine.collective import Done
+from visionbench.engine.epoch import StopAgreement, agree_to_stop
+from visionbench.engine.run import StopRequest
+
+
+def test_a_second_signal_stops_at_once_unless_it_is_the_same_stop_arriving_twice(monkeypatch):
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGUSR1)     # (handlers run in the main thread, before the next line)
+        os.kill(os.getpid(), signal.SIGTERM)     # within SAME_STOP_S: Ctrl-C to the group, then the launcher's
+        assert stop.requested == signal.SIGUSR1
+        monkeypatch.setattr(run_module, "SAME_STOP_S", 0.0)
+        with pytest.raises(Interrupted, match=r"^second signal \(SIGTERM\): stopped at once") as second:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert second.value.status == 143
+
+
+def test_a_worker_that_joined_the_jobs_stop_takes_its_own_first_signal_as_the_first():
+    with StopRequest() as stop:
+        stop.join_the_job()
+        assert stop.requested == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGINT)      # no Interrupted: the first signal this process got
+        assert stop.requested == signal.SIGINT
+
+
+class _Votes:
+    """Two workers' start_sum: a sum is known once both have cast the vote of that round."""
+
+    size = 2
+
+    def __init__(self):
+        self.cast = {0: [], 1: []}
+
+    def worker(self, rank):
+        votes = self
+
+        class Worker:
+            size = 2
+
+            def start_sum(self, values):
+                votes.cast[rank].append(values[0])
+                round_ = len(votes.cast[rank]) - 1
+                return _Pending(votes, round_)
+
+            def sum(self, values):
+                return [values[0] + 1.0]   # the other worker: signalled
+
+        return Worker()
+
+
+class _Pending:
+    def __init__(self, votes, round_):
+        self.votes, self.round = votes, round_
+
+    def result(self):
+        return [self.votes.cast[0][self.round] + self.votes.cast[1][self.round]]
+
+
+class _Signal:
+    def __init__(self):
+        self.requested = None
+
+    def join_the_job(self):
+        if self.requested is None:
+            self.requested = signal.SIGTERM
+
+
+def test_workers_signalled_steps_apart_stop_after_the_same_step():
+    """Worker 0's signal lands during step 2, worker 1's during step 3: both
+    stop after step 2 + LAG, worker 1 included, though its own vote came later."""
+    votes = _Votes()
+    stops = [_Signal(), _Signal()]
+    agreements = [StopAgreement(votes.worker(rank), stops[rank]) for rank in (0, 1)]
+    stopped_after = [None, None]
+    for step in range(1, 10):
+        if step == 2:
+            stops[0].requested = signal.SIGTERM
+        if step == 3:
+            stops[1].requested = signal.SIGTERM
+        for rank in (0, 1):   # lockstep, as dist_sync's gradients keep them
+            if stopped_after[rank] is None and agreements[rank].after_step():
+                stopped_after[rank] = step
+    assert stopped_after == [2 + StopAgreement.LAG] * 2
+
+
+def test_one_signalled_worker_stops_both_and_the_other_joins():
+    votes = _Votes()
+    stops = [_Signal(), _Signal()]
+    agreements = [StopAgreement(votes.worker(rank), stops[rank]) for rank in (0, 1)]
+    stops[1].requested = signal.SIGUSR1
+    decisions = [[agreements[rank].after_step() for rank in (0, 1)] for _ in range(StopAgreement.LAG + 1)]
+    assert decisions[-1] == [True, True] and not any(any(d) for d in decisions[:-1])
+    assert stops[0].requested == signal.SIGTERM and stops[1].requested == signal.SIGUSR1   # joined; its own kept
+
+
+def test_at_an_epochs_end_a_signal_anywhere_in_the_job_stops_every_worker():
+    votes = _Votes()
+    unsignalled = _Signal()
+    assert agree_to_stop(votes.worker(0), unsignalled) and unsignalled.requested == signal.SIGTERM
+    assert agree_to_stop(None, _Signal()) is False
+    assert StopAgreement(None, None).after_step() is False and Done([1, 2]).result() == [1.0, 2.0]
