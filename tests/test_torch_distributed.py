@@ -165,6 +165,31 @@ def test_a_workers_own_usage_error_ends_the_job_with_its_line(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_a_signal_to_one_worker_stops_every_worker_after_the_same_step_and_the_job_resumes(tmp_path):
+    """SIGTERM to worker 1 only: both workers agree on a step (their votes
+    summed over gloo), rank 0 saves it, the job ends 143 with its line, and
+    the same command resumes and finishes; no process is left."""
+    args = _args(tmp_path / "m", "-e", 3, "--disp-batches", 1)
+    job = _start(args)
+    try:
+        assert "started 2 worker(s)" in job.stdout.readline()
+        line = job.stdout.readline()   # rank 0's first step line: both workers are training
+        assert line.startswith("epoch 1/3 batch 1/"), line
+        workers = {_local_worker(pid): pid for pid in processes_in_group(job.pid) if pid != job.pid}
+        os.kill(workers["1"], signal.SIGTERM)
+        result, left = finish_group(job, timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert result.returncode == 143, result.stderr
+    assert re.fullmatch(r"train\.py: stopped by SIGTERM (at epoch \d, iteration \d: saved \S+; |after epoch \d: )"
+                        r"run the same command again to resume", one_line_error(result)), result.stderr
+    assert left == []
+    resumed, left = finish_group(_start(args))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout and list(tmp_path.glob("m-0003*")) and left == []
+
+
 def test_killing_one_worker_ends_the_job_and_leaves_no_process(tmp_path):
     job = _start(_args(tmp_path / "m", "-e", 100, "--disp-batches", 1))
     try:
