@@ -178,10 +178,13 @@ def test_a_signal_to_the_launcher_stops_the_whole_job_cleanly(demo, tmp_path):
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
     assert job.returncode == 143
-    assert one_line_error(subprocess.CompletedProcess(command, 143, "", stderr)).startswith(
-        "train.py: stopped by a signal: every process of the job was sent SIGTERM")
+    assert one_line_error(subprocess.CompletedProcess(command, 143, "", stderr)) == (
+        "train.py: stopped by a signal: every worker of the job was sent SIGTERM; they stopped after the same step, "
+        "which rank 0 saved (unless --save-frequency 0); run the same command again to resume")
     assert processes_left_in_group(job.pid) == []
-    for epoch, iteration in complete_positions(tmp_path / "m"):   # whatever was saved is whole
+    saved = complete_positions(tmp_path / "m")   # the step they stopped after (nothing was saved before)
+    assert len(saved) == 1, saved
+    for epoch, iteration in saved:
         assert load_meta(tmp_path / "m", epoch, iteration)["epoch"] == epoch
 
 

@@ -301,8 +301,14 @@ def launch(config: Config, argv: Sequence[str]) -> int:
     except Terminated:
         # SIGTERM to each worker: they agree on a step, finish it, and rank 0 saves the position; the servers
         # and the scheduler leave once the workers have (then _stop below finds them gone).
-        _stop([c for c in children if c.role == "worker"], SAVE_GRACE_S)
-        raise Interrupted("stopped by a signal: every process of the job was sent SIGTERM (workers that "
-                          "finished the same step saved it); run the same command again to resume", EXIT_SIGTERM)
+        workers = [c for c in children if c.role == "worker"]
+        _stop(workers, SAVE_GRACE_S)
+        if all(w.process.returncode in STOPPED for w in workers):
+            how = "they stopped after the same step, which rank 0 saved (unless --save-frequency 0)"
+        else:
+            how = (f"a worker that had not stopped {SAVE_GRACE_S} s later was killed: the next run resumes from "
+                   "the newest complete checkpoint")
+        raise Interrupted(f"stopped by a signal: every worker of the job was sent SIGTERM; {how}; run the same "
+                          "command again to resume", EXIT_SIGTERM)
     finally:
         _stop(children)
