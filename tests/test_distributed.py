@@ -167,18 +167,26 @@ def _start_job(demo, prefix, epochs=50):
     return command, job, workers
 
 
-def test_a_signal_to_the_launcher_stops_the_whole_job_cleanly(demo, tmp_path):
+@pytest.mark.parametrize("how", ["SIGUSR1 to the launcher", "Ctrl-C to the whole group"])
+def test_a_signal_to_the_launcher_stops_the_whole_job_cleanly(demo, tmp_path, how):
+    """SIGUSR1 (what a batch scheduler sends before a kill) to the launcher,
+    or SIGINT to every process of the group (Ctrl-C in a terminal): the
+    workers stop after the same step and rank 0 saves it."""
     from visionbench.engine.checkpoint import complete_positions, load_meta
 
     command, job, _ = _start_job(demo, tmp_path / "m")
     try:
-        job.send_signal(signal.SIGUSR1)   # what a batch scheduler sends before a kill
-        _, stderr = job.communicate(timeout=60)
+        if how == "SIGUSR1 to the launcher":
+            job.send_signal(signal.SIGUSR1)
+        else:
+            os.killpg(job.pid, signal.SIGINT)
+        _, stderr = job.communicate(timeout=90)
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 143
-    assert one_line_error(subprocess.CompletedProcess(command, 143, "", stderr)) == (
+    status = 143 if how == "SIGUSR1 to the launcher" else 130
+    assert job.returncode == status, stderr
+    assert one_line_error(subprocess.CompletedProcess(command, status, "", stderr)) == (
         "train.py: stopped by a signal: every worker of the job was sent SIGTERM; they stopped after the same step, "
         "which rank 0 saved (unless --save-frequency 0); run the same command again to resume")
     assert processes_left_in_group(job.pid) == []

@@ -37,8 +37,9 @@ class _Votes:
 
     size = 2
 
-    def __init__(self):
+    def __init__(self, other_signalled=False):
         self.cast = {0: [], 1: []}
+        self.other_signalled = other_signalled   # what the other worker adds to a blocking sum
 
     def worker(self, rank):
         votes = self
@@ -52,7 +53,7 @@ class _Votes:
                 return _Pending(votes, round_)
 
             def sum(self, values):
-                return [values[0] + 1.0]   # the other worker: signalled
+                return [values[0] + (1.0 if votes.other_signalled else 0.0)]
 
         return Worker()
 
@@ -92,6 +93,14 @@ def test_workers_signalled_steps_apart_stop_after_the_same_step():
     assert stopped_after == [2 + StopAgreement.LAG] * 2
 
 
+def test_without_a_signal_no_worker_stops():
+    votes = _Votes()
+    stops = [_Signal(), _Signal()]
+    agreements = [StopAgreement(votes.worker(rank), stops[rank]) for rank in (0, 1)]
+    assert not any(agreements[rank].after_step() for _ in range(10) for rank in (0, 1))
+    assert stops[0].requested is None and stops[1].requested is None
+
+
 def test_one_signalled_worker_stops_both_and_the_other_joins():
     votes = _Votes()
     stops = [_Signal(), _Signal()]
@@ -103,8 +112,54 @@ def test_one_signalled_worker_stops_both_and_the_other_joins():
 
 
 def test_at_an_epochs_end_a_signal_anywhere_in_the_job_stops_every_worker():
-    votes = _Votes()
     unsignalled = _Signal()
-    assert agree_to_stop(votes.worker(0), unsignalled) and unsignalled.requested == signal.SIGTERM
+    assert agree_to_stop(_Votes(other_signalled=False).worker(0), unsignalled) is False
+    assert unsignalled.requested is None
+    assert agree_to_stop(_Votes(other_signalled=True).worker(0), unsignalled) is True
+    assert unsignalled.requested == signal.SIGTERM
     assert agree_to_stop(None, _Signal()) is False
     assert StopAgreement(None, None).after_step() is False and Done([1, 2]).result() == [1.0, 2.0]
+
+
+# --- the launcher (engine/launch.py) reading its workers' ends: real processes standing in for workers ---
+
+def _worker(index, code, line="", seconds=0):
+    """A process in a worker's place: writes ``line`` to stderr, then exits ``code`` after ``seconds``."""
+    import sys
+
+    from visionbench.engine.launch import _start
+
+    program = f"import sys, time; sys.stderr.write({line!r} + '\\n'); time.sleep({seconds}); sys.exit({code})"
+    return _start("worker", index, [sys.executable, "-c", program], dict(os.environ))
+
+
+def _supervised(workers, capfd, monkeypatch):
+    from visionbench.config import Config
+    from visionbench.engine import launch
+
+    monkeypatch.setattr(launch, "SAVE_GRACE_S", 1.0)
+    status = launch._supervise(Config(local_workers=len(workers)), workers, workers)
+    for worker in workers:
+        worker.process.wait(timeout=30)
+    return status, capfd.readouterr().err
+
+
+STOPPED_LINE = "train.py: stopped by SIGTERM at epoch 1, iteration 3: saved P-0000-000003; run the same command again"
+
+
+def test_workers_that_all_stopped_on_a_signal_end_the_job_with_their_line_and_status(capfd, monkeypatch):
+    status, err = _supervised([_worker(0, 143, STOPPED_LINE), _worker(1, 143, STOPPED_LINE, 0.3)], capfd, monkeypatch)
+    assert status == 143 and err.strip().splitlines() == [STOPPED_LINE]
+
+
+def test_a_worker_failing_after_another_stopped_is_the_failure_reported(capfd, monkeypatch):
+    status, err = _supervised([_worker(0, 143, STOPPED_LINE), _worker(1, 1, "OSError: no space left", 0.3)], capfd,
+                              monkeypatch)
+    assert status == 1 and "worker 1 of 2 on this node failed (exit status 1): OSError: no space left" in err
+
+
+def test_a_worker_still_running_long_after_another_stopped_is_killed_and_reported(capfd, monkeypatch):
+    workers = [_worker(0, 143, STOPPED_LINE), _worker(1, 0, "training", 60)]
+    status, err = _supervised(workers, capfd, monkeypatch)
+    assert status == 1 and workers[1].process.returncode != 0
+    assert "worker 1 of 2 on this node had not stopped 1.0 s after another stopped on a signal" in err

@@ -206,7 +206,7 @@ def _first_cause(children: Sequence[Child], workers: Sequence[Child]) -> Child:
     when a worker leaves the job). Waits up to CAUSE_WAIT_S for the workers
     to end."""
     def failed(group):
-        return [c for c in group if c.process.poll() not in (None, 0)]
+        return [c for c in group if _failed(c)]
 
     deadline = time.monotonic() + CAUSE_WAIT_S
     while time.monotonic() < deadline:
@@ -246,6 +246,7 @@ def _supervise(config: Config, children: Sequence[Child], workers: Sequence[Chil
     signal to some of the workers stops them all after the same step:
     epoch.StopAgreement), or until a process fails: then stop all the others
     and report the failure; its exit status."""
+    first_stopped_at = None   # time.monotonic() when a worker was first seen stopped by a signal
     while True:
         failed = next((c for c in children if _failed(c)), None)
         if failed is not None:
@@ -261,12 +262,23 @@ def _supervise(config: Config, children: Sequence[Child], workers: Sequence[Chil
             return 0
         if all(w.process.poll() is not None for w in workers):   # all ended, some (or all) stopped by a signal
             return _stopped(workers)
+        if first_stopped_at is None and any(w.process.poll() in STOPPED for w in workers):
+            first_stopped_at = time.monotonic()
+        if first_stopped_at is not None and time.monotonic() - first_stopped_at > SAVE_GRACE_S:
+            # The others stop after the same step as it (epoch.StopAgreement); one still running is stuck.
+            stuck = [w for w in workers if w.process.poll() is None]
+            _stop(children)
+            sys.stderr.write(f"runner: error: worker {stuck[0].index} of {config.local_workers} on this node had "
+                             f"not stopped {SAVE_GRACE_S} s after another stopped on a signal, and was killed; "
+                             "every other process of the job was stopped\n")
+            return 1
         time.sleep(POLL_S)
 
 
 def _stopped(workers: Sequence[Child]) -> int:
-    """A job its workers stopped on a signal: this node's first worker's line
-    (worker 0 of node 0 is rank 0, which says what it saved) and status."""
+    """A job its workers stopped on a signal: the line and status of the first
+    of this node's workers that stopped (every worker names the checkpoint
+    rank 0 saved)."""
     stopped = [w for w in workers if w.process.returncode in STOPPED]
     first = stopped[0]
     first.reader.join(timeout=CAUSE_WAIT_S)   # its last words: the reader ends when its stderr closes
@@ -298,17 +310,22 @@ def launch(config: Config, argv: Sequence[str]) -> int:
                 except subprocess.TimeoutExpired:
                     break   # (stopped below)
         return status
-    except Terminated:
+    except (Terminated, KeyboardInterrupt) as signalled:   # SIGTERM or SIGUSR1; SIGINT (Ctrl-C)
         # SIGTERM to each worker: they agree on a step, finish it, and rank 0 saves the position; the servers
-        # and the scheduler leave once the workers have (then _stop below finds them gone).
+        # and the scheduler leave once the workers have (then _stop below finds them gone). After Ctrl-C the
+        # workers had SIGINT already: this SIGTERM comes within StopRequest's same-stop window.
         workers = [c for c in children if c.role == "worker"]
         _stop(workers, SAVE_GRACE_S)
-        if all(w.process.returncode in STOPPED for w in workers):
+        codes = [w.process.returncode for w in workers]
+        if all(code in STOPPED for code in codes):
             how = "they stopped after the same step, which rank 0 saved (unless --save-frequency 0)"
-        else:
+        elif any(code == -signal.SIGKILL for code in codes):
             how = (f"a worker that had not stopped {SAVE_GRACE_S} s later was killed: the next run resumes from "
                    "the newest complete checkpoint")
+        else:
+            how = f"the workers ended with exit status {', '.join(map(str, codes))}"
+        status = EXIT_SIGINT if isinstance(signalled, KeyboardInterrupt) else EXIT_SIGTERM
         raise Interrupted(f"stopped by a signal: every worker of the job was sent SIGTERM; {how}; run the same "
-                          "command again to resume", EXIT_SIGTERM)
+                          "command again to resume", status)
     finally:
         _stop(children)

@@ -486,20 +486,22 @@ def _after_epoch(run: _Run, epoch: int, record: dict) -> bool:
     from .epoch import agree_to_stop
 
     config, stop, history = run.config, run.stop, run.history
-    agree_to_stop(run.group, stop)   # every worker of a job: the same answer below
+    # Decided once, the same on every worker of a job; a signal that comes after this is voted on in the
+    # next epoch's first steps (re-reading stop.requested below could split the workers).
+    stopping = agree_to_stop(run.group, stop)
     history.add(record)
     run.say(_epoch_line(record, run.plan.epochs), flush=True)
     reached = _target_reached(config, [record])
     last = epoch + 1 == run.plan.epochs or reached is not None
-    if run.saves() and ((epoch + 1) % config.save_frequency == 0 or last or stop.requested):
+    if run.saves() and ((epoch + 1) % config.save_frequency == 0 or last or stopping):
         run.session.save(run.prefix, epoch + 1, run.meta_of(epoch + 1))
         prune(run.prefix, config.keep_checkpoints, history.best["epoch"] + 1 if history.best else None)
-    run.write_reports("complete" if last else ("interrupted" if stop.requested else "running"))
+    run.write_reports("complete" if last else ("interrupted" if stopping else "running"))
     if reached is not None:
         run.say(f"val top-1 {record['val_top1']:.4f} reached --target-top1 {config.target_top1} at epoch "
                 f"{epoch + 1}: stopping ({history.elapsed:.1f} s of training)", flush=True)
         return True
-    if stop.requested and not last:
+    if stopping and not last:
         raise Interrupted(f"stopped by {signal.Signals(stop.requested).name} after epoch {epoch + 1}: "
                           "run the same command again to resume", _exit_status(stop.requested))
     return False
