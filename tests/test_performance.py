@@ -115,23 +115,17 @@ def test_nvjpeg_options_are_arguments_dali_knows():
 
 def test_the_torch_engine_step_costs_about_a_bare_pytorch_loop():
     """Path 7's guard: the torch engine's run loop against forward, loss,
-    backward and torch.optim.SGD by hand (target 0.97; floor 0.9 as path 1's)."""
-    from visionbench.bench import engines_compare
-    from visionbench.bench.compare import in_rotation, median_ratio
-    from visionbench.engines import prepare_torch_threads
+    backward and torch.optim.SGD by hand (target 0.97; floor 0.9 as path 1's).
+    Measured in a process of its own, as `python -m
+    visionbench.bench.engines_compare` measures it, away from the state a
+    long test session leaves (one full `make test` measured 0.896 and 0.898
+    in-process, where the test alone passed)."""
+    import subprocess
+    import sys
 
-    prepare_torch_threads()
-    args = engines_compare.build_parser().parse_args(["--num-layers", "18", "--image-size", "32", "-b", "16",
-                                                      "--num-classes", "10", "--steps", "6"])
-    config = engines_compare._config(args, "torch")
-    candidates = {"engine": engines_compare.engine_candidate(config),
-                  "bare": engines_compare.bare_torch_candidate(config)}
-    for run in candidates.values():
-        run(2)   # untimed
-    measured = []
-    for repeats in (6, 12):
-        results = in_rotation({name: (lambda run=run: run(args.steps)) for name, run in candidates.items()}, repeats)
-        measured.append(median_ratio(results, "engine", "bare"))
-        if measured[-1] >= OVERHEAD_FLOOR:
-            break
-    assert max(measured) >= OVERHEAD_FLOOR, f"torch engine / bare = {measured}: {results}"
+    program = ("import json; from visionbench.bench.engines_compare import engine_over_bare; "
+               f"print(json.dumps(engine_over_bare({OVERHEAD_FLOOR})))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert max(measured["ratios"]) >= OVERHEAD_FLOOR, f"torch engine / bare = {measured}"

@@ -124,6 +124,30 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def engine_over_bare(floor: float, attempts=(6, 12)) -> dict:
+    """tests/test_performance.py's guard, run in a process of its own (away
+    from what a long test session leaves behind): the median ratio torch
+    engine / bare PyTorch loop
+    (ResNet18, 32 px, batch 16, float32) per attempt of ``attempts`` runs
+    each in rotation, stopping at the first at or above ``floor``."""
+    from ..engines import prepare_torch_threads
+
+    prepare_torch_threads()
+    args = build_parser().parse_args(["--num-layers", "18", "--image-size", "32", "-b", "16", "--num-classes", "10",
+                                      "--steps", "6"])
+    config = _config(args, "torch")
+    candidates = {"engine": engine_candidate(config), "bare": bare_torch_candidate(config)}
+    for run in candidates.values():
+        run(2)   # untimed
+    measured, results = [], {}
+    for repeats in attempts:
+        results = in_rotation({name: (lambda run=run: run(args.steps)) for name, run in candidates.items()}, repeats)
+        measured.append(median_ratio(results, "engine", "bare"))
+        if measured[-1] >= floor:
+            break
+    return {"ratios": measured, "img_per_s": results}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..engines import prepare_torch_threads
 
