@@ -74,18 +74,12 @@ class StopAgreement:
     def after_step(self) -> bool:
         if self.stop is None:
             return False
-        if self.group is None or self.group.size == 1:
+        if _alone(self.group):
             return self.stop.requested is not None
-        self.votes.append(self.group.start_sum([1.0 if self.stop.requested is not None else 0.0]))
+        self.votes.append(self.group.start_sum([_vote(self.stop)]))
         if len(self.votes) <= self.LAG:
             return False
-        return self._agreed(self.votes.pop(0).result()[0])
-
-    def _agreed(self, signalled_workers: float) -> bool:
-        if signalled_workers > 0:
-            self.stop.join_the_job()
-            return True
-        return False
+        return _decided(self.stop, self.votes.pop(0).result()[0])
 
 
 def agree_to_stop(group, stop) -> bool:
@@ -94,9 +88,23 @@ def agree_to_stop(group, stop) -> bool:
     requested."""
     if stop is None:
         return False
-    if group is None or group.size == 1:
+    if _alone(group):
         return stop.requested is not None
-    if group.sum([1.0 if stop.requested is not None else 0.0])[0] > 0:
+    return _decided(stop, group.sum([_vote(stop)])[0])
+
+
+def _alone(group) -> bool:
+    return group is None or group.size == 1
+
+
+def _vote(stop) -> float:
+    return 1.0 if stop.requested is not None else 0.0
+
+
+def _decided(stop, signalled_workers: float) -> bool:
+    """The job's answer from the sum of its workers' votes; a worker no signal
+    reached joins the stop."""
+    if signalled_workers > 0:
         stop.join_the_job()
         return True
     return False
