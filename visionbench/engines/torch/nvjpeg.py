@@ -28,7 +28,9 @@ RGB tensors nvJPEG returns, and everything after decoding is the code the GPU
 runs. Geometry, in pixels:
 
 - imagenet train: the sampler's window, resized to size x size (bilinear,
-  antialiased when shrinking, as DALI's resize), flipped when drawn;
+  antialiased when shrinking, as DALI's resize), flipped when drawn; for the
+  whole batch in two batched matrix products per group of similar sizes
+  (resample.py), not a loop of resizes;
 - imagenet val: the shorter side resized to round(size / VAL_RESIZE_RATIO)
   (the longer ``shorter * long // short``), then the centre size x size at
   offset ``(side - size) // 2``: dali.py's ``_resize_shorter_center_crop``;
@@ -57,6 +59,7 @@ from ...data.devices import device_kind
 from ...data.recordio import BadRecordSet, RecordReader
 from ...data.sampling import ShardEpoch
 from ...data.spec import VAL_RESIZE_RATIO, LoaderSpec
+from .resample import Windows, crop_windows, resample
 
 READ_AHEAD = 3      # steps the reader thread reads (and, on CPUs, decodes) ahead of the producer
 PREPARE_AHEAD = 2   # finished steps (decoded, augmented, on the device) the producer keeps ready
@@ -94,7 +97,8 @@ def decode_with_opencv(payload, what: str, key: Optional[int] = None) -> torch.T
     image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise BadRecordSet(f"{what} is not a decodable image", key)
-    return torch.from_numpy(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+    # contiguous, as nvJPEG's outputs are: resample.py flattens the batch's images without a copy each
+    return torch.from_numpy(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).contiguous()
 
 
 def decode_on_gpu(encoded: List[torch.Tensor], device) -> list:
@@ -185,18 +189,26 @@ def augment(spec: LoaderSpec, images: Sequence[torch.Tensor], draws) -> torch.Te
     channels_last = spec.layout == "NHWC"
     if aug.recipe == "cifar" and spec.train:
         batch = cifar_train(images, draws, aug.pad, size, channels_last)
-    elif aug.recipe == "cifar":
-        batch = _resized_windows(images, _centre_windows(images, size), None, size, channels_last)
-    elif spec.train:
-        heights, widths = _sizes(images)
-        windows = imagenet_windows(draws, heights, widths, aug.aspect_range)
-        batch = _resized_windows(images, windows, draws.flip, size, channels_last)
     else:
-        batch = val_resize_centre_crop(images, size, channels_last)
+        # Resampled pixels rounded to whole 0..255 values, as DALI's uint8 resize output is.
+        batch = resample(images, _windows(spec, images, draws), size).round_().clamp_(0, 255)
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
     batch = normalize(batch, aug.mean, aug.std, spec.dtype)
     if aug.recipe == "cifar" and spec.train and aug.cutout:
         batch = cutout(batch, draws.cutout, aug.cutout)
     return batch
+
+
+def _windows(spec: LoaderSpec, images: Sequence[torch.Tensor], draws) -> Windows:
+    """What each image's output is cut and resized from (resample.Windows)."""
+    aug, size = spec.augment, spec.image_size
+    heights, widths = _sizes(images)
+    if aug.recipe == "cifar":   # val: the centre, not resized
+        return crop_windows(_centre_windows(heights, widths, size), size)
+    if spec.train:
+        return crop_windows(imagenet_windows(draws, heights, widths, aug.aspect_range), size, draws.flip)
+    return val_windows(heights, widths, size)
 
 
 def _sizes(images: Sequence[torch.Tensor]) -> tuple:
@@ -204,51 +216,25 @@ def _sizes(images: Sequence[torch.Tensor]) -> tuple:
             np.array([image.shape[2] for image in images], dtype=np.int64))
 
 
-def _output(images: Sequence[torch.Tensor], size: int, channels_last: bool) -> torch.Tensor:
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty((len(images), 3, size, size), dtype=torch.float32, device=images[0].device,
-                       memory_format=memory_format)
-
-
-def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """A (3, h, w) image resampled to (1, 3, height, width) float32: bilinear,
-    antialiased (a triangle filter as wide as the scale) when shrinking."""
-    source = image.unsqueeze(0).float()
-    if source.shape[-2:] == (height, width):
-        return source
-    return F.interpolate(source, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-
-
-def _resized_windows(images, windows: np.ndarray, flips: Optional[np.ndarray], size: int,
-                     channels_last: bool) -> torch.Tensor:
-    """Window ``(y, x, h, w)`` of each image resized to size x size, mirrored
-    where ``flips`` says; rounded to whole 0..255 values."""
-    batch = _output(images, size, channels_last)
-    for index, (image, (y, x, height, width)) in enumerate(zip(images, windows.tolist())):
-        resized = _resize(image[:, y:y + height, x:x + width], size, size)[0]
-        batch[index] = resized.flip(-1) if flips is not None and flips[index] else resized
-    return batch.round_().clamp_(0, 255)
-
-
-def _centre_windows(images, size: int) -> np.ndarray:
-    heights, widths = _sizes(images)
+def _centre_windows(heights: np.ndarray, widths: np.ndarray, size: int) -> np.ndarray:
     if (heights < size).any() or (widths < size).any():
         raise BadRecordSet(f"an image of the batch is smaller than the {size}-pixel centre crop")
     return np.stack([(heights - size) // 2, (widths - size) // 2,
                      np.full_like(heights, size), np.full_like(widths, size)], axis=1)
 
 
-def val_resize_centre_crop(images, size: int, channels_last: bool) -> torch.Tensor:
-    """Shorter side to round(size / VAL_RESIZE_RATIO) (integer geometry of
-    dali.py's _resize_shorter_center_crop), then the centre size x size."""
+def val_windows(heights: np.ndarray, widths: np.ndarray, size: int) -> Windows:
+    """The whole image, its shorter side resized to round(size /
+    VAL_RESIZE_RATIO) and the longer to ``shorter * long // short``, then the
+    centre size x size from ``(side - size) // 2``: the integer geometry of
+    dali.py's _resize_shorter_center_crop."""
     shorter = round(size / VAL_RESIZE_RATIO)
-    batch = _output(images, size, channels_last)
-    for index, image in enumerate(images):
-        height, width = image.shape[1], image.shape[2]
-        new_h, new_w = (shorter * height // width, shorter) if height > width else (shorter, shorter * width // height)
-        top, left = (new_h - size) // 2, (new_w - size) // 2
-        batch[index] = _resize(image, new_h, new_w)[0, :, top:top + size, left:left + size]
-    return batch.round_().clamp_(0, 255)
+    portrait = heights > widths
+    new_h = np.where(portrait, shorter * heights // widths, shorter)
+    new_w = np.where(portrait, shorter, shorter * widths // heights)
+    zero = np.zeros_like(heights)
+    return Windows(zero, zero, heights, widths, new_h, new_w, (new_h - size) // 2, (new_w - size) // 2,
+                   np.zeros(len(heights), bool))
 
 
 def cifar_train(images, draws, pad: int, size: int, channels_last: bool) -> torch.Tensor:

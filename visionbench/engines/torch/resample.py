@@ -1,0 +1,148 @@
+"""Crop, resize and mirror a batch of differently sized images in a few batched ops.
+
+torch has no resize for a batch of images of different sizes, and a loop of
+``F.interpolate`` calls dispatches three to four operators per image, each a
+kernel launch from the producer thread, in Python, under the GIL it shares
+with training: about 900 per batch of 256. Here the batch is concatenated
+into one flat buffer, each group of similar windows is gathered from it into
+a padded (g, 3, H, W) batch by one ``take``, and every output image is
+
+    rows @ window @ columns.T        (per channel)
+
+where ``rows`` (size x H) and ``columns`` (size x W) hold the 1-D weights of
+torch's antialiased bilinear resize (``F.interpolate(mode="bilinear",
+antialias=True, align_corners=False)``: a triangle filter, widened by the
+scale when shrinking, cut at the window's edges and normalised), zero over
+the padding. Two batched matrix products resize the group, keep a centre
+crop of the resized window (rows of the matrices) and mirror (columns in
+reverse order): about 20 operators per group, whatever its size.
+
+Groups: sorted by window area, a group's padded pixels are at most
+``WASTE`` times its windows' own, so one large image does not pad a batch of
+small ones (ImageNet-shaped train crops at batch 256: 4 groups).
+
+Cost, per image and channel, in multiply-adds: size x H x W + size x size x H
+for its group's padded H x W (bench/augment_ops.py counts them per batch).
+The products are float32; against torch's float64 resize the values differ
+by about 1e-5 of a pixel value (tests/test_resample.py). With TF32 allowed
+for matmuls (``torch.backends.cuda.matmul.allow_tf32``, off by default and
+never set by visionbench) they would carry about 0.1 of a value.
+"""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+WASTE = 2.0   # a group's padded pixels / its windows' pixels, at most (unless it holds one image)
+
+
+class Windows(NamedTuple):
+    """Per image (arrays of the batch's length), in pixels of the source image."""
+    top: np.ndarray          # the window's first row
+    left: np.ndarray         # the window's first column
+    height: np.ndarray       # the window's height; resized to ``out_height``
+    width: np.ndarray        # the window's width; resized to ``out_width``
+    out_height: np.ndarray
+    out_width: np.ndarray
+    crop_top: np.ndarray     # first row of the resized window kept (size rows are kept)
+    crop_left: np.ndarray    # first column kept (size columns are kept)
+    mirror: np.ndarray       # bool: the kept columns in reverse order
+
+
+def crop_windows(windows: np.ndarray, size: int, mirror=None) -> Windows:
+    """Each ``(top, left, height, width)`` window resized to size x size."""
+    windows = np.asarray(windows, dtype=np.int64).reshape(-1, 4)
+    count = len(windows)
+    full, zero = np.full(count, size, np.int64), np.zeros(count, np.int64)
+    mirror = np.zeros(count, bool) if mirror is None else np.asarray(mirror, bool)
+    return Windows(windows[:, 0], windows[:, 1], windows[:, 2], windows[:, 3], full, full, zero, zero, mirror)
+
+
+def resample(images: Sequence[torch.Tensor], windows: Windows, size: int) -> torch.Tensor:
+    """(n, 3, size, size) float32 on the images' device, unrounded, from
+    (3, H, W) uint8 images: per image its window, resized, centre-cropped as
+    ``windows`` says and mirrored where drawn."""
+    device = images[0].device
+    pixels = torch.cat([image.reshape(-1) for image in images]).float()   # the batch in one flat buffer
+    sizes = np.array([image.numel() for image in images], dtype=np.int64)
+    widths = np.array([image.shape[2] for image in images], dtype=np.int64)
+    starts = np.cumsum(sizes) - sizes
+    result = torch.empty((len(images), 3, size, size), dtype=torch.float32, device=device)
+    for group in size_groups(windows.height, windows.width):
+        rows, channels, columns = (torch.from_numpy(part).to(device)
+                                   for part in _gather_offsets(windows, group, starts, sizes // 3, widths))
+        # (g, 3, H, W): each window, padded by repeating its last row and column (weighed 0)
+        padded = pixels.take(rows[:, None, :, None] + channels[:, :, None, None] + columns[:, None, None, :])
+        count, _, height, width = padded.shape
+        weights = axis_weights(np.concatenate([windows.height[group], windows.width[group]]),
+                               np.concatenate([windows.out_height[group], windows.out_width[group]]),
+                               np.concatenate([windows.crop_top[group], windows.crop_left[group]]),
+                               np.concatenate([np.zeros(count, bool), windows.mirror[group]]),
+                               size, max(height, width), device)
+        row_weights, column_weights = weights[:count, :, :height], weights[count:, :, :width]
+        across = torch.bmm(padded.view(count, 3 * height, width), column_weights.transpose(1, 2))   # (g, 3H, size)
+        by_row = across.view(count, 3, height, size).transpose(1, 2).reshape(count, height, 3 * size)
+        down = torch.bmm(row_weights, by_row)                                    # (g, size, 3 * size)
+        result[torch.from_numpy(group).to(device)] = down.view(count, size, 3, size).permute(0, 2, 1, 3)
+    return result
+
+
+def size_groups(heights: np.ndarray, widths: np.ndarray) -> List[np.ndarray]:
+    """Indices of the images, in groups of similar window size: sorted by
+    area, a group closes when padding to its largest height and width would
+    exceed WASTE times the pixels it holds."""
+    order = np.argsort(heights * widths, kind="stable").tolist()
+    groups, current, pixels, top_h, top_w = [], [], 0, 0, 0
+    for index in order:
+        height, width = int(heights[index]), int(widths[index])
+        new_h, new_w = max(top_h, height), max(top_w, width)
+        if current and (len(current) + 1) * new_h * new_w > WASTE * (pixels + height * width):
+            groups.append(np.array(current, dtype=np.int64))
+            current, pixels, new_h, new_w = [], 0, height, width
+        current.append(index)
+        pixels += height * width
+        top_h, top_w = new_h, new_w
+    groups.append(np.array(current, dtype=np.int64))
+    return groups
+
+
+def _gather_offsets(windows: Windows, group: np.ndarray, starts: np.ndarray, planes: np.ndarray,
+                    widths: np.ndarray) -> tuple:
+    """Where the group's padded windows are in the flat buffer, as three
+    int64 arrays that add up (broadcast) to every pixel's offset: per image
+    and padded row (g, H), per image and channel (g, 3), per image and
+    padded column (g, W). Rows and columns past a window repeat its last
+    one: any finite value will do there, its weight is 0."""
+    height, width = windows.height[group], windows.width[group]
+    row = np.minimum(np.arange(height.max()), height[:, None] - 1) + windows.top[group][:, None]
+    column = np.minimum(np.arange(width.max()), width[:, None] - 1) + windows.left[group][:, None]
+    rows = starts[group][:, None] + row * widths[group][:, None]
+    channels = np.arange(3) * planes[group][:, None]
+    return rows, channels, column
+
+
+def axis_weights(length: np.ndarray, resized: np.ndarray, crop: np.ndarray, mirror: np.ndarray,
+                 size: int, padded: int, device) -> torch.Tensor:
+    """(n, size, padded) float32: along one axis, output pixel i of image b
+    is ``sum_j weights[b, i, j] * window[b, j]``. Output pixel i is pixel
+    ``crop + i`` of the window resized from ``length`` to ``resized`` pixels
+    (``crop + size - 1 - i`` when mirrored). Per output pixel, on the host:
+    where its centre falls in the window, split into an integer part and a
+    fraction so that float32 keeps the fraction's precision on large images."""
+    scale = length / resized                                        # window pixels per resized pixel
+    out = np.arange(size, dtype=np.float64)
+    out = np.where(mirror[:, None], size - 1 - out, out)            # (n, size)
+    centre = scale[:, None] * (out + crop[:, None] + 0.5)
+    whole = np.floor(centre)
+    reach = np.maximum(scale, 1.0)                                  # the triangle's half-width, window pixels
+    terms = np.concatenate([whole, 0.5 - (centre - whole), reach[:, None], length[:, None]], axis=1)
+    terms = torch.from_numpy(terms.astype(np.float32)).to(device)   # one copy to the device
+    whole_t, offset_t = terms[:, :size, None], terms[:, size:2 * size, None]
+    reach_t, length_t = terms[:, 2 * size:2 * size + 1, None], terms[:, 2 * size + 1:, None]
+    source = torch.arange(padded, dtype=torch.float32, device=device)
+    distance = (source - whole_t) + offset_t                        # window pixel j's centre (j + 0.5) to the output's
+    weights = (1 - (distance / reach_t).abs()).clamp_(min=0)
+    weights *= source < length_t                                    # the window only, never its padding
+    return weights / weights.sum(-1, keepdim=True)
