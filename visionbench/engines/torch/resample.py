@@ -65,7 +65,7 @@ def resample(images: Sequence[torch.Tensor], windows: Windows, size: int) -> tor
     (3, H, W) uint8 images: per image its window, resized, centre-cropped as
     ``windows`` says and mirrored where drawn."""
     device = images[0].device
-    pixels = torch.cat([image.reshape(-1) for image in images]).float()   # the batch in one flat buffer
+    pixels = torch.cat([image.reshape(-1) for image in images])   # the batch's uint8 pixels in one flat buffer
     sizes = np.array([image.numel() for image in images], dtype=np.int64)
     widths = np.array([image.shape[2] for image in images], dtype=np.int64)
     starts = np.cumsum(sizes) - sizes
@@ -74,7 +74,7 @@ def resample(images: Sequence[torch.Tensor], windows: Windows, size: int) -> tor
         rows, channels, columns = (torch.from_numpy(part).to(device)
                                    for part in _gather_offsets(windows, group, starts, sizes // 3, widths))
         # (g, 3, H, W): each window, padded by repeating its last row and column (weighed 0)
-        padded = pixels.take(rows[:, None, :, None] + channels[:, :, None, None] + columns[:, None, None, :])
+        padded = pixels.take(rows[:, None, :, None] + channels[:, :, None, None] + columns[:, None, None, :]).float()
         count, _, height, width = padded.shape
         weights = axis_weights(np.concatenate([windows.height[group], windows.width[group]]),
                                np.concatenate([windows.out_height[group], windows.out_width[group]]),
