@@ -5,7 +5,8 @@ torch has no resize for a batch of images of different sizes, and a loop of
 kernel launch from the producer thread, in Python, under the GIL it shares
 with training: about 900 per batch of 256. Here the batch is concatenated
 into one flat buffer, each group of similar windows is gathered from it into
-a padded (g, 3, H, W) batch by one ``take``, and every output image is
+a padded (g, 3, H, W) batch by one indexing of its rows, and every output
+image is
 
     rows @ window @ columns.T        (per channel)
 
@@ -65,28 +66,53 @@ def resample(images: Sequence[torch.Tensor], windows: Windows, size: int) -> tor
     (3, H, W) uint8 images: per image its window, resized, centre-cropped as
     ``windows`` says and mirrored where drawn."""
     device = images[0].device
-    pixels = torch.cat([image.reshape(-1) for image in images])   # the batch's uint8 pixels in one flat buffer
+    # The batch's uint8 pixels in one flat buffer, then one widest window of 0s: a padded row
+    # is read as one run of the buffer, past its window's right edge (weighed 0) but not past the end.
+    tail = torch.zeros(int(windows.width.max()), dtype=images[0].dtype, device=device)
+    pixels = torch.cat([image.reshape(-1) for image in images] + [tail])
     sizes = np.array([image.numel() for image in images], dtype=np.int64)
     widths = np.array([image.shape[2] for image in images], dtype=np.int64)
-    starts = np.cumsum(sizes) - sizes
+    groups = size_groups(windows.height, windows.width)
+    # Everything the groups need from the host, in two copies for the batch: a copy from
+    # pageable memory waits for the producer's stream, so one per array would wait ~20 times.
+    offsets = _upload([part for group in groups for part in
+                       (group, *_gather_offsets(windows, group, np.cumsum(sizes) - sizes, sizes // 3, widths))],
+                      np.int64, device)
+    terms = _upload([_weight_terms(_both_axes(windows, group), size) for group in groups], np.float32, device)
     result = torch.empty((len(images), 3, size, size), dtype=torch.float32, device=device)
-    for group in size_groups(windows.height, windows.width):
-        rows, channels, columns = (torch.from_numpy(part).to(device)
-                                   for part in _gather_offsets(windows, group, starts, sizes // 3, widths))
-        # (g, 3, H, W): each window, padded by repeating its last row and column (weighed 0)
-        padded = pixels.take(rows[:, None, :, None] + channels[:, :, None, None] + columns[:, None, None, :]).float()
-        count, _, height, width = padded.shape
-        weights = axis_weights(np.concatenate([windows.height[group], windows.width[group]]),
-                               np.concatenate([windows.out_height[group], windows.out_width[group]]),
-                               np.concatenate([windows.crop_top[group], windows.crop_left[group]]),
-                               np.concatenate([np.zeros(count, bool), windows.mirror[group]]),
-                               size, max(height, width), device)
+    for number, group in enumerate(groups):
+        slots, rows, channels = offsets[3 * number:3 * number + 3]
+        height, width = rows.shape[1], int(windows.width[group].max())
+        # (g, 3, H, W): each padded row of each window is the run of W pixels from its first
+        # (unfold: every run of W as a view); rows past a window repeat its last (weighed 0)
+        padded = pixels.unfold(0, width, 1)[rows[:, None, :] + channels[:, :, None]].float()
+        count = len(group)
+        weights = _weights(terms[number], size, max(height, width))
         row_weights, column_weights = weights[:count, :, :height], weights[count:, :, :width]
         across = torch.bmm(padded.view(count, 3 * height, width), column_weights.transpose(1, 2))   # (g, 3H, size)
         by_row = across.view(count, 3, height, size).transpose(1, 2).reshape(count, height, 3 * size)
         down = torch.bmm(row_weights, by_row)                                    # (g, size, 3 * size)
-        result[torch.from_numpy(group).to(device)] = down.view(count, size, 3, size).permute(0, 2, 1, 3)
+        result[slots] = down.view(count, size, 3, size).permute(0, 2, 1, 3)
     return result
+
+
+def _upload(arrays: List[np.ndarray], dtype, device) -> List[torch.Tensor]:
+    """The arrays on ``device`` after one copy, as views of its buffer."""
+    flat = torch.from_numpy(np.concatenate([np.ravel(array).astype(dtype) for array in arrays])).to(device)
+    views, start = [], 0
+    for array in arrays:
+        views.append(flat[start:start + array.size].view(array.shape))
+        start += array.size
+    return views
+
+
+def _both_axes(windows: Windows, group: np.ndarray) -> tuple:
+    """(length, resized, crop, mirror) for the group's rows, then its columns."""
+    count = len(group)
+    return (np.concatenate([windows.height[group], windows.width[group]]),
+            np.concatenate([windows.out_height[group], windows.out_width[group]]),
+            np.concatenate([windows.crop_top[group], windows.crop_left[group]]),
+            np.concatenate([np.zeros(count, bool), windows.mirror[group]]))
 
 
 def size_groups(heights: np.ndarray, widths: np.ndarray) -> List[np.ndarray]:
@@ -110,17 +136,15 @@ def size_groups(heights: np.ndarray, widths: np.ndarray) -> List[np.ndarray]:
 
 def _gather_offsets(windows: Windows, group: np.ndarray, starts: np.ndarray, planes: np.ndarray,
                     widths: np.ndarray) -> tuple:
-    """Where the group's padded windows are in the flat buffer, as three
-    int64 arrays that add up (broadcast) to every pixel's offset: per image
-    and padded row (g, H), per image and channel (g, 3), per image and
-    padded column (g, W). Rows and columns past a window repeat its last
-    one: any finite value will do there, its weight is 0."""
-    height, width = windows.height[group], windows.width[group]
+    """Where each padded row of the group's windows starts in the flat
+    buffer, as two int64 arrays that add up (broadcast) to it: per image and
+    padded row (g, H), per image and channel (g, 3). Rows past a window
+    repeat its last one: any finite value will do there, its weight is 0."""
+    height = windows.height[group]
     row = np.minimum(np.arange(height.max()), height[:, None] - 1) + windows.top[group][:, None]
-    column = np.minimum(np.arange(width.max()), width[:, None] - 1) + windows.left[group][:, None]
-    rows = starts[group][:, None] + row * widths[group][:, None]
+    rows = starts[group][:, None] + row * widths[group][:, None] + windows.left[group][:, None]
     channels = np.arange(3) * planes[group][:, None]
-    return rows, channels, column
+    return rows, channels
 
 
 def axis_weights(length: np.ndarray, resized: np.ndarray, crop: np.ndarray, mirror: np.ndarray,
@@ -128,21 +152,32 @@ def axis_weights(length: np.ndarray, resized: np.ndarray, crop: np.ndarray, mirr
     """(n, size, padded) float32: along one axis, output pixel i of image b
     is ``sum_j weights[b, i, j] * window[b, j]``. Output pixel i is pixel
     ``crop + i`` of the window resized from ``length`` to ``resized`` pixels
-    (``crop + size - 1 - i`` when mirrored). Per output pixel, on the host:
-    where its centre falls in the window, split into an integer part and a
-    fraction so that float32 keeps the fraction's precision on large images."""
+    (``crop + size - 1 - i`` when mirrored)."""
+    terms = torch.from_numpy(_weight_terms((length, resized, crop, mirror), size)).to(device)
+    return _weights(terms, size, padded)
+
+
+def _weight_terms(axes: tuple, size: int) -> np.ndarray:
+    """(n, 2 size + 2) float32, on the host, per axis: where each output
+    pixel's centre falls in the window, as an integer part and ``0.5 -
+    fraction`` (so that float32 keeps the fraction's precision on large
+    images); the triangle's half-width; the window's length."""
+    length, resized, crop, mirror = axes
     scale = length / resized                                        # window pixels per resized pixel
     out = np.arange(size, dtype=np.float64)
     out = np.where(mirror[:, None], size - 1 - out, out)            # (n, size)
     centre = scale[:, None] * (out + crop[:, None] + 0.5)
     whole = np.floor(centre)
     reach = np.maximum(scale, 1.0)                                  # the triangle's half-width, window pixels
-    terms = np.concatenate([whole, 0.5 - (centre - whole), reach[:, None], length[:, None]], axis=1)
-    terms = torch.from_numpy(terms.astype(np.float32)).to(device)   # one copy to the device
-    whole_t, offset_t = terms[:, :size, None], terms[:, size:2 * size, None]
-    reach_t, length_t = terms[:, 2 * size:2 * size + 1, None], terms[:, 2 * size + 1:, None]
-    source = torch.arange(padded, dtype=torch.float32, device=device)
-    distance = (source - whole_t) + offset_t                        # window pixel j's centre (j + 0.5) to the output's
-    weights = (1 - (distance / reach_t).abs()).clamp_(min=0)
-    weights *= source < length_t                                    # the window only, never its padding
+    return np.concatenate([whole, 0.5 - (centre - whole), reach[:, None], length[:, None]], axis=1).astype(np.float32)
+
+
+def _weights(terms: torch.Tensor, size: int, padded: int) -> torch.Tensor:
+    """axis_weights from _weight_terms already on the device."""
+    whole, offset = terms[:, :size, None], terms[:, size:2 * size, None]
+    reach, length = terms[:, 2 * size:2 * size + 1, None], terms[:, 2 * size + 1:, None]
+    source = torch.arange(padded, dtype=torch.float32, device=terms.device)
+    distance = (source - whole) + offset                            # window pixel j's centre (j + 0.5) to the output's
+    weights = (1 - (distance / reach).abs()).clamp_(min=0)
+    weights *= source < length                                      # the window only, never its padding
     return weights / weights.sum(-1, keepdim=True)
