@@ -10,7 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 from visionbench.cli import run_main
 from visionbench.engines.torch.nvjpeg import val_windows
-from visionbench.engines.torch.resample import WASTE, axis_weights, crop_windows, resample, size_groups
+from visionbench.engines.torch import resample as resample_module
+from visionbench.engines.torch.resample import WASTE, Windows, axis_weights, crop_windows, resample, size_groups
 
 
 def _interpolate(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -21,7 +22,7 @@ def _interpolate(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 @st.composite
 def _axes(draw):
-    length = draw(st.integers(1, 700))
+    length = draw(st.integers(1, 2000))
     resized = draw(st.integers(1, 300))
     size = draw(st.integers(1, resized))
     crop = draw(st.integers(0, resized - size))
@@ -56,6 +57,12 @@ def test_groups_hold_every_image_once_and_pad_at_most_twice_their_pixels():
         padded = len(group) * heights[group].max() * widths[group].max()
         assert len(group) == 1 or padded <= WASTE * (heights[group] * widths[group]).sum()
     assert len(groups) <= 8                                     # and the small ones are not one group each
+
+
+def test_a_group_of_equal_windows_is_cut_at_the_pixel_cap(monkeypatch):
+    monkeypatch.setattr(resample_module, "GROUP_PIXELS", 20_000)
+    sides = np.full(40, 50)   # equal windows: padding never closes a group, the cap does
+    assert [len(group) for group in size_groups(sides, sides)] == [8] * 5
 
 
 def _mixed_batch(seed: int):
@@ -113,6 +120,43 @@ def test_val_windows_resize_the_shorter_side_and_keep_the_centre_as_torch_does(s
     windows = val_windows(heights, widths, size)
     assert np.all(np.minimum(windows.out_height, windows.out_width) == round(size / 0.875))
     _check(images, windows, size)
+
+
+@pytest.mark.parametrize("waste", [1.0, float("inf")], ids=["a group per size", "one group"])
+def test_the_result_does_not_depend_on_the_grouping_and_the_last_rows_read_stay_in_the_buffer(monkeypatch, waste):
+    """In one group, the last image's narrow bottom-right window is read in
+    runs as wide as the group's widest window: past the last image's end."""
+    monkeypatch.setattr(resample_module, "WASTE", waste)
+    images = _mixed_batch(4)
+    last = len(images) - 1
+    windows = np.array([(0, 0, image.shape[1], image.shape[2]) for image in images])
+    height, width = images[last].shape[1:]
+    windows[last] = (height - 3, width - 2, 3, 2)
+    found = resample(images, crop_windows(windows, 16, np.arange(len(images)) % 3 == 0), 16, channels_last=True)
+    assert found.is_contiguous(memory_format=torch.channels_last)
+    expected = _reference(images, crop_windows(windows, 16, np.arange(len(images)) % 3 == 0), 16)
+    assert (found.double() - expected).abs().max() < 1e-3
+
+
+def test_a_window_of_the_output_size_is_copied_exactly():
+    images = _mixed_batch(5)
+    windows = np.array([(image.shape[1] - 20, 3, 20, 20) for image in images])
+    found = resample(images, crop_windows(windows, 20), 20)
+    for image, (top, left, _, _), batch_image in zip(images, windows, found):
+        assert torch.equal(batch_image, image[:, top:top + 20, left:left + 20].float())
+
+
+@pytest.mark.parametrize("window, crop", [((0, 0, 49, 10), (0, 0)), ((-1, 0, 5, 5), (0, 0)), ((0, 44, 5, 5), (0, 0)),
+                                          ((0, 0, 0, 5), (0, 0)), ((0, 0, 40, 40), (25, 0))],
+                         ids=["too tall", "above the image", "past its right edge", "empty", "crop past the resize"])
+def test_a_window_that_does_not_fit_is_refused_before_anything_is_read(window, crop):
+    images = [torch.zeros((3, 48, 12), dtype=torch.uint8), torch.zeros((3, 48, 48), dtype=torch.uint8)]
+    fitting = (0, 0, 48, 12)   # image 0's window, whole
+    out = 40 if window[2] == 40 else 16
+    windows = Windows(*(np.array(pair) for pair in zip(fitting, window)), np.array([16, out]), np.array([16, out]),
+                      np.array([0, crop[0]]), np.array([0, crop[1]]), np.zeros(2, bool))
+    with pytest.raises(ValueError, match=r"^resample: image 1 is 48 x 48; its window .* does not fit$"):
+        resample(images, windows, 16)
 
 
 def test_the_augment_bench_counts_fewer_operators_for_the_batch_and_refuses_a_missing_gpu(capsys):

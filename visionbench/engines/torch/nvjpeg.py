@@ -191,9 +191,7 @@ def augment(spec: LoaderSpec, images: Sequence[torch.Tensor], draws) -> torch.Te
         batch = cifar_train(images, draws, aug.pad, size, channels_last)
     else:
         # Resampled pixels rounded to whole 0..255 values, as DALI's uint8 resize output is.
-        batch = resample(images, _windows(spec, images, draws), size).round_().clamp_(0, 255)
-        if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = resample(images, _windows(spec, images, draws), size, channels_last).round_().clamp_(0, 255)
     batch = normalize(batch, aug.mean, aug.std, spec.dtype)
     if aug.recipe == "cifar" and spec.train and aug.cutout:
         batch = cutout(batch, draws.cutout, aug.cutout)

@@ -25,9 +25,16 @@ small ones (ImageNet-shaped train crops at batch 256: 4 groups).
 Cost, per image and channel, in multiply-adds: size x H x W + size x size x H
 for its group's padded H x W (bench/augment_ops.py counts them per batch).
 The products are float32; against torch's float64 resize the values differ
-by about 1e-5 of a pixel value (tests/test_resample.py). With TF32 allowed
-for matmuls (``torch.backends.cuda.matmul.allow_tf32``, off by default and
-never set by visionbench) they would carry about 0.1 of a value.
+by about 1e-5 of a pixel value (tests/test_resample.py). Where TF32 is
+allowed for float32 matmuls (a process-wide setting, off by default, never
+set by visionbench; NVIDIA's PyTorch containers turn it on with
+TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1) they carry about 0.1 of a value, which
+the rounding to whole values then shows on some pixels.
+
+Memory: a group's intermediates take about 2.5 x its padded pixels x 3
+channels x 4 bytes (a float32 copy of the windows, the weights, the first
+product), freed before the next group's; GROUP_PIXELS caps a group at
+about 1 GB of them.
 """
 from __future__ import annotations
 
@@ -37,6 +44,9 @@ import numpy as np
 import torch
 
 WASTE = 2.0   # a group's padded pixels / its windows' pixels, at most (unless it holds one image)
+# A group's padded pixels per channel, at most (unless it holds one image): its transient
+# device memory is about 2.5 x 3 channels x 4 bytes per padded pixel, so about 1 GB here.
+GROUP_PIXELS = 2 ** 25
 
 
 class Windows(NamedTuple):
@@ -61,10 +71,12 @@ def crop_windows(windows: np.ndarray, size: int, mirror=None) -> Windows:
     return Windows(windows[:, 0], windows[:, 1], windows[:, 2], windows[:, 3], full, full, zero, zero, mirror)
 
 
-def resample(images: Sequence[torch.Tensor], windows: Windows, size: int) -> torch.Tensor:
+def resample(images: Sequence[torch.Tensor], windows: Windows, size: int,
+             channels_last: bool = False) -> torch.Tensor:
     """(n, 3, size, size) float32 on the images' device, unrounded, from
     (3, H, W) uint8 images: per image its window, resized, centre-cropped as
-    ``windows`` says and mirrored where drawn."""
+    ``windows`` says and mirrored where drawn; channels_last strides if asked."""
+    check_windows(images, windows, size)
     device = images[0].device
     # The batch's uint8 pixels in one flat buffer, then one widest window of 0s: a padded row
     # is read as one run of the buffer, past its window's right edge (weighed 0) but not past the end.
@@ -79,21 +91,52 @@ def resample(images: Sequence[torch.Tensor], windows: Windows, size: int) -> tor
                        (group, *_gather_offsets(windows, group, np.cumsum(sizes) - sizes, sizes // 3, widths))],
                       np.int64, device)
     terms = _upload([_weight_terms(_both_axes(windows, group), size) for group in groups], np.float32, device)
-    result = torch.empty((len(images), 3, size, size), dtype=torch.float32, device=device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    result = torch.empty((len(images), 3, size, size), dtype=torch.float32, device=device,
+                         memory_format=memory_format)
     for number, group in enumerate(groups):
         slots, rows, channels = offsets[3 * number:3 * number + 3]
-        height, width = rows.shape[1], int(windows.width[group].max())
-        # (g, 3, H, W): each padded row of each window is the run of W pixels from its first
-        # (unfold: every run of W as a view); rows past a window repeat its last (weighed 0)
-        padded = pixels.unfold(0, width, 1)[rows[:, None, :] + channels[:, :, None]].float()
-        count = len(group)
-        weights = _weights(terms[number], size, max(height, width))
-        row_weights, column_weights = weights[:count, :, :height], weights[count:, :, :width]
-        across = torch.bmm(padded.view(count, 3 * height, width), column_weights.transpose(1, 2))   # (g, 3H, size)
-        by_row = across.view(count, 3, height, size).transpose(1, 2).reshape(count, height, 3 * size)
-        down = torch.bmm(row_weights, by_row)                                    # (g, size, 3 * size)
-        result[slots] = down.view(count, size, 3, size).permute(0, 2, 1, 3)
+        result[slots] = _resample_group(pixels, rows[:, None, :] + channels[:, :, None],
+                                        int(windows.width[group].max()), terms[number], size)
     return result
+
+
+def _resample_group(pixels: torch.Tensor, row_starts: torch.Tensor, width: int, terms: torch.Tensor,
+                    size: int) -> torch.Tensor:
+    """(g, 3, size, size), a view, for one group: its windows gathered, then
+    the two products. Its own function so that the group's intermediates
+    (about 2.5 x its padded pixels x 4 bytes) are freed before the next
+    group's are made."""
+    count, _, height = row_starts.shape
+    # (g, 3, H, W): each padded row of each window is the run of W pixels from its first
+    # (unfold: every run of W as a view); rows past a window repeat its last (weighed 0)
+    padded = pixels.unfold(0, width, 1)[row_starts].float()
+    weights = _weights(terms, size, max(height, width))
+    row_weights, column_weights = weights[:count, :, :height], weights[count:, :, :width]
+    across = torch.bmm(padded.view(count, 3 * height, width), column_weights.transpose(1, 2))   # (g, 3H, size)
+    by_row = across.view(count, 3, height, size).transpose(1, 2).reshape(count, height, 3 * size)
+    down = torch.bmm(row_weights, by_row)                                        # (g, size, 3 * size)
+    return down.view(count, size, 3, size).permute(0, 2, 1, 3)
+
+
+def check_windows(images: Sequence[torch.Tensor], windows: Windows, size: int) -> None:
+    """A window outside its image, or a crop outside its resized window,
+    refused here: on a GPU the gather would read another image's pixels or
+    fail inside a kernel, taking the CUDA context down with it."""
+    if len(windows.top) != len(images):
+        raise ValueError(f"resample: {len(windows.top)} windows for {len(images)} images")
+    heights = np.array([image.shape[1] for image in images])
+    widths = np.array([image.shape[2] for image in images])
+    w = windows
+    inside = ((w.top >= 0) & (w.left >= 0) & (w.height >= 1) & (w.width >= 1)
+              & (w.top + w.height <= heights) & (w.left + w.width <= widths) & (w.crop_top >= 0)
+              & (w.crop_left >= 0) & (w.crop_top + size <= w.out_height) & (w.crop_left + size <= w.out_width))
+    if not inside.all():
+        i = int(np.argmin(inside))
+        raise ValueError(f"resample: image {i} is {heights[i]} x {widths[i]}; its window {w.height[i]} x "
+                         f"{w.width[i]} at ({w.top[i]}, {w.left[i]}), resized to {w.out_height[i]} x "
+                         f"{w.out_width[i]}, cropped to {size} x {size} at ({w.crop_top[i]}, {w.crop_left[i]}), "
+                         "does not fit")
 
 
 def _upload(arrays: List[np.ndarray], dtype, device) -> List[torch.Tensor]:
@@ -118,13 +161,14 @@ def _both_axes(windows: Windows, group: np.ndarray) -> tuple:
 def size_groups(heights: np.ndarray, widths: np.ndarray) -> List[np.ndarray]:
     """Indices of the images, in groups of similar window size: sorted by
     area, a group closes when padding to its largest height and width would
-    exceed WASTE times the pixels it holds."""
+    exceed WASTE times the pixels it holds, or GROUP_PIXELS."""
     order = np.argsort(heights * widths, kind="stable").tolist()
     groups, current, pixels, top_h, top_w = [], [], 0, 0, 0
     for index in order:
         height, width = int(heights[index]), int(widths[index])
         new_h, new_w = max(top_h, height), max(top_w, width)
-        if current and (len(current) + 1) * new_h * new_w > WASTE * (pixels + height * width):
+        padded = (len(current) + 1) * new_h * new_w
+        if current and (padded > WASTE * (pixels + height * width) or padded > GROUP_PIXELS):
             groups.append(np.array(current, dtype=np.int64))
             current, pixels, new_h, new_w = [], 0, height, width
         current.append(index)
