@@ -28,17 +28,17 @@ RGB tensors nvJPEG returns, and everything after decoding is the code the GPU
 runs. Geometry, in pixels:
 
 - imagenet train: the sampler's window, resized to size x size (bilinear,
-  antialiased when shrinking, as DALI's resize), flipped when drawn; for the
-  whole batch in two batched matrix products per group of similar sizes
-  (resample.py), not a loop of resizes;
+  antialiased when shrinking, as DALI's resize), flipped when drawn;
 - imagenet val: the shorter side resized to round(size / VAL_RESIZE_RATIO)
   (the longer ``shorter * long // short``), then the centre size x size at
   offset ``(side - size) // 2``: dali.py's ``_resize_shorter_center_crop``;
 - cifar train: reflect pad, crop, flip, Cutout (set to 0 after
   normalisation), images already size x size; cifar val: the centre crop.
 
-Resampled pixels are rounded to whole 0..255 values, as DALI's uint8 resize
-output is, before normalisation.
+The imagenet crops and resizes and cifar's val crop are made for the whole
+batch by two batched matrix products per group of similar window sizes
+(resample.py), not a loop of resizes. Resampled pixels are rounded to whole
+0..255 values, as DALI's uint8 resize output is, before normalisation.
 """
 from __future__ import annotations
 
