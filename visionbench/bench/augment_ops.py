@@ -20,37 +20,43 @@ import argparse
 import statistics
 import sys
 import time
-from typing import Callable, List, Sequence
+from typing import TYPE_CHECKING, Callable, List, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..cli import ArgumentParser, UsageError, positive_int, run_main
 from ..data.crop_windows import imagenet_draws, imagenet_windows
-from ..engines.torch.resample import crop_windows, resample, size_groups
 from .compare import in_rotation
+
+if TYPE_CHECKING:   # torch is imported where used: only engines/torch imports it at module level
+    import torch
 
 RESNET50_TRAIN_MACS = 12.3e9   # per 224-px image, forward + backward: about 24.5 GFLOP (gpucheck's figure)
 
 
-class _OperatorCount(TorchDispatchMode):
-    """Counts the aten operators dispatched inside it, views apart."""
+def operator_count():
+    """A torch dispatch mode counting the aten operators dispatched inside
+    it, views apart (``.kernels``)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    def __init__(self):
-        super().__init__()
-        self.kernels = 0
+    class OperatorCount(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.kernels = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view:
-            self.kernels += 1
-        return func(*args, **(kwargs or {}))
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view:
+                self.kernels += 1
+            return func(*args, **(kwargs or {}))
+
+    return OperatorCount()
 
 
 def imagenet_shaped(count: int, seed: int) -> List[torch.Tensor]:
     """(3, H, W) uint8 images: half 500 x 375 or 375 x 500 (ImageNet's most
     common shapes), the rest 200..700 wide at aspect ratios 0.6..1.5."""
+    import torch
+
     rng = np.random.default_rng(seed)
     images = []
     for _ in range(count):
@@ -67,6 +73,9 @@ def per_image_loop(images: Sequence[torch.Tensor], windows: np.ndarray, flips: n
                    size: int) -> torch.Tensor:
     """The loop: each window resized by F.interpolate (antialiased bilinear),
     mirrored where drawn and copied into the batch."""
+    import torch
+    import torch.nn.functional as F
+
     batch = torch.empty((len(images), 3, size, size), dtype=torch.float32, device=images[0].device)
     for index, (image, (top, left, height, width)) in enumerate(zip(images, windows.tolist())):
         window = image[:, top:top + height, left:left + width].unsqueeze(0).float()
@@ -86,6 +95,8 @@ def _multiply_adds(windows: np.ndarray, groups, size: int) -> int:
 
 
 def _device(name: str) -> torch.device:
+    import torch
+
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" and torch.cuda.is_available():
@@ -94,7 +105,7 @@ def _device(name: str) -> torch.device:
 
 
 def _count(function: Callable[[], torch.Tensor]) -> int:
-    with _OperatorCount() as counter:
+    with operator_count() as counter:
         function()
     return counter.kernels
 
@@ -110,6 +121,8 @@ def _seconds(function: Callable[[], torch.Tensor], device: torch.device) -> floa
 
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)   # GPU-ONLY
 
 
@@ -120,6 +133,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the batch is augmented")
     args = parser.parse_args(argv)
+    from ..engines.torch.resample import crop_windows, resample, size_groups
     device = _device(args.device)
     images = [image.to(device) for image in imagenet_shaped(args.batch_size, seed=0)]
     heights = np.array([image.shape[1] for image in images])
