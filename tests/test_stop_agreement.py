@@ -6,7 +6,10 @@ import signal
 
 import pytest
 
+import visionbench.engine.epoch as epoch_module
+from conftest import one_line_error, run_here
 from visionbench.cli import Interrupted
+from visionbench.engine import checkpoint
 from visionbench.engine import run as run_module
 from visionbench.engine.collective import Done
 from visionbench.engine.epoch import StopAgreement, agree_to_stop
@@ -163,3 +166,30 @@ def test_a_worker_still_running_long_after_another_stopped_is_killed_and_reporte
     status, err = _supervised(workers, capfd, monkeypatch)
     assert status == 1 and workers[1].process.returncode != 0
     assert "worker 1 of 2 on this node had not stopped 1.0 s after another stopped on a signal" in err
+
+
+def test_a_signal_just_after_the_epoch_end_agreement_keeps_that_epoch_and_stops_after_the_next_step(
+        tmp_path, capfd, monkeypatch):
+    """The epoch's end decides once (agree_to_stop): a signal that lands after
+    that decision is voted on in the next epoch's steps. Re-reading the
+    flag later in the epoch's end could split a job's workers: one that saw
+    the signal there would stop at the epoch's end, the others one step on."""
+    agreed = epoch_module.agree_to_stop
+    calls = []
+
+    def agree_then_signal(group, stop):
+        decision = agreed(group, stop)
+        calls.append(decision)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)   # the handler runs here, before the epoch's end goes on
+        return decision
+
+    monkeypatch.setattr(epoch_module, "agree_to_stop", agree_then_signal)
+    prefix = tmp_path / "m"
+    result = run_here(capfd, "--device", "cpu", "-b", "8", "--data-backend", "synthetic", "--num-examples", "64",
+                      "--image-size", "16", "--num-layers", "18", "--num-classes", "10", "--mode", "train",
+                      "--model-prefix", prefix, "-e", "3", "--seed", "7")
+    assert result.returncode == 143, result.stderr
+    assert calls == [False]   # epoch 1's end agreed not to stop; no other epoch ended
+    assert "stopped by SIGTERM at epoch 2, iteration 1" in one_line_error(result)
+    assert checkpoint.complete_positions(prefix) == [(1, 0), (1, 1)]   # epoch 1's own, then one step of epoch 2
