@@ -154,12 +154,33 @@ def main(argv=None) -> int:
           f"({len(groups)} size groups); largest difference between the two: {difference:.1e} of a pixel value. "
           f"The batched products: {products / 1e9:.1f} G multiply-adds per batch, "
           f"{products / (RESNET50_TRAIN_MACS * args.batch_size):.2%} of ResNet50's training step at this batch.\n")
-    print(f"| augmentation | aten operators per batch (views apart) | {device.type} s per batch, median (min - max) |")
-    print("| --- | --- | --- |")
+    print(_table(candidates, seconds, device))
+    return 0
+
+
+def _table(candidates: dict, seconds: dict, device: torch.device) -> str:
+    """Markdown: operators and seconds per batch; on a GPU, its peak memory too."""
+    on_gpu = device.type == "cuda"
+    lines = [f"| augmentation | aten operators per batch (views apart) | {device.type} s per batch, median "
+             f"(min - max) |{' peak device MiB |' if on_gpu else ''}", "| --- | --- | --- |" + (" --- |" if on_gpu else "")]
     for name, run in candidates.items():
         values = seconds[name]
-        print(f"| {name} | {_count(run)} | {statistics.median(values):.2f} ({min(values):.2f} - {max(values):.2f}) |")
-    return 0
+        peak = f" {_peak_mib(run, device):.0f} |" if on_gpu else ""
+        lines.append(f"| {name} | {_count(run)} | {statistics.median(values):.2f} "
+                     f"({min(values):.2f} - {max(values):.2f}) |{peak}")
+    return "\n".join(lines)
+
+
+def _peak_mib(function: Callable[[], torch.Tensor], device: torch.device) -> float:
+    """GPU-ONLY: the most device memory one call holds beyond what was held before, in MiB."""
+    import torch
+
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    function()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
 
 
 if __name__ == "__main__":
