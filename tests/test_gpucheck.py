@@ -53,7 +53,7 @@ def test_tiny_check_runs_where_mxnet_dali_and_jsonschema_cannot_be_imported(tmp_
     table = (out / "gpucheck.md").read_text()
     assert table in result.stdout   # printed too
     rows = _table_rows(table)
-    assert len(rows) == len(results) == 25
+    assert len(rows) == len(results) == 27
     for index, (row, record) in enumerate(zip(rows, results)):
         assert row[0] == str(index) and row[3] == str(record["batch_size"]) and row[4] == record["dtype"]
         assert row[5] == record["status"]
@@ -77,6 +77,16 @@ def test_tiny_check_runs_where_mxnet_dali_and_jsonschema_cannot_be_imported(tmp_
     assert len(compiled) == 1 and "--compile" in compiled[0]["command"]
     assert (compiled[0]["batch_size"], compiled[0]["dtype"]) == (4, "bfloat16")   # the larger batch, as on GPUs
     assert "24 epochs" in next(row for row in rows if row[1] == "resnet9")[9]
+    # The nvjpeg backend's train crops, batched and by a per-image loop: both measured, with their
+    # operators per batch (the loop's about 3.5 per image; the batch's about 20 per size group).
+    crops = {row[2]: (row, record) for row, record in zip(rows, results) if row[1] == "augmentation"}
+    assert set(crops) == {"nvjpeg train crops, batched resample", "nvjpeg train crops, per-image F.interpolate loop"}
+    operators = {}
+    for label, (row, record) in crops.items():
+        assert record["status"] == "ok" and record["batch_size"] == 4 and record["timed_images"] == 20
+        operators[label] = int(re.match(r"(\d+) aten operators a batch", row[9])[1])
+        assert "augment_ops --device cpu --batch-size 4 --image-size 16" in record["command"]
+    assert operators["nvjpeg train crops, per-image F.interpolate loop"] >= 3 * 4
 
 
 def test_without_a_gpu_the_check_says_so_in_one_line(tmp_path):
@@ -119,11 +129,11 @@ def test_points_past_the_budget_are_timeout_records_and_not_failures(tmp_path):
     out = tmp_path / "check"
     result = _gpucheck(out, "--device", "cpu", "--tiny", "--budget-s", "0.001", env=runner_env(), timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "25 of 25 points were not run within --budget-s" in result.stderr
+    assert "27 of 27 points were not run within --budget-s" in result.stderr
     report = json.loads((out / "gpucheck.json").read_text())
     jsonschema.Draft202012Validator(json.loads((ROOT / "report_schema" / "benchmark_report.schema.json")
                                                .read_text())).validate(report)
-    assert {r["status"] for r in report["results"]} == {"timeout"} and len(report["results"]) == 25
+    assert {r["status"] for r in report["results"]} == {"timeout"} and len(report["results"]) == 27
     again = _gpucheck(out, "--device", "cpu", "--tiny", env=runner_env(), timeout=120)
     assert again.returncode == 2 and "already exists" in one_line_error(again)
 

@@ -69,6 +69,26 @@ def imagenet_shaped(count: int, seed: int) -> List[torch.Tensor]:
     return images
 
 
+LOOP, BATCHED = "per-image F.interpolate loop", "batched resample"
+
+
+def train_crop_candidates(batch: int, size: int, device: torch.device) -> tuple:
+    """(windows, {name: augment()}): the sampler's train windows (min scale
+    0.08, aspect 3/4..4/3, flips) of ``batch`` ImageNet-shaped images on
+    ``device``, and the two ways of cropping them to ``size``."""
+    from ..engines.torch.resample import crop_windows, resample
+
+    images = [image.to(device) for image in imagenet_shaped(batch, seed=0)]
+    heights = np.array([image.shape[1] for image in images])
+    widths = np.array([image.shape[2] for image in images])
+    draws = imagenet_draws(0, 0, np.arange(len(images)), 0.08, (3 / 4, 4 / 3))
+    windows = imagenet_windows(draws, heights, widths, (3 / 4, 4 / 3))
+    return windows, {
+        LOOP: lambda: per_image_loop(images, windows, draws.flip, size),
+        BATCHED: lambda: resample(images, crop_windows(windows, size, draws.flip), size),
+    }
+
+
 def per_image_loop(images: Sequence[torch.Tensor], windows: np.ndarray, flips: np.ndarray,
                    size: int) -> torch.Tensor:
     """The loop: each window resized by F.interpolate (antialiased bilinear),
@@ -104,13 +124,13 @@ def _device(name: str) -> torch.device:
     raise UsageError(f"--device {name}: this machine's torch sees no such device (cpu, or cuda on a GPU machine)")
 
 
-def _count(function: Callable[[], torch.Tensor]) -> int:
+def operators_per_call(function: Callable[[], torch.Tensor]) -> int:
     with operator_count() as counter:
         function()
     return counter.kernels
 
 
-def _seconds(function: Callable[[], torch.Tensor], device: torch.device) -> float:
+def seconds_per_call(function: Callable[[], torch.Tensor], device: torch.device) -> float:
     """Wall seconds of one call, its GPU work included."""
     _synchronize(device)
     start = time.perf_counter()
@@ -133,20 +153,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the batch is augmented")
     args = parser.parse_args(argv)
-    from ..engines.torch.resample import crop_windows, resample, size_groups
+    from ..engines.torch.resample import size_groups
     device = _device(args.device)
-    images = [image.to(device) for image in imagenet_shaped(args.batch_size, seed=0)]
-    heights = np.array([image.shape[1] for image in images])
-    widths = np.array([image.shape[2] for image in images])
-    draws = imagenet_draws(0, 0, np.arange(len(images)), 0.08, (3 / 4, 4 / 3))
-    windows = imagenet_windows(draws, heights, widths, (3 / 4, 4 / 3))
-    candidates = {
-        "per-image F.interpolate loop": lambda: per_image_loop(images, windows, draws.flip, args.image_size),
-        "batched resample": lambda: resample(images, crop_windows(windows, args.image_size, draws.flip),
-                                             args.image_size),
-    }
-    difference = (candidates["batched resample"]() - candidates["per-image F.interpolate loop"]()).abs().max()
-    seconds = in_rotation({name: (lambda run=run: _seconds(run, device)) for name, run in candidates.items()},
+    windows, candidates = train_crop_candidates(args.batch_size, args.image_size, device)
+    difference = (candidates[BATCHED]() - candidates[LOOP]()).abs().max()
+    seconds = in_rotation({name: (lambda run=run: seconds_per_call(run, device)) for name, run in candidates.items()},
                           args.repeats)
     groups = size_groups(windows[:, 2], windows[:, 3])
     products = _multiply_adds(windows, groups, args.image_size)
@@ -165,13 +176,13 @@ def _table(candidates: dict, seconds: dict, device: torch.device) -> str:
              f"(min - max) |{' peak device MiB |' if on_gpu else ''}", "| --- | --- | --- |" + (" --- |" if on_gpu else "")]
     for name, run in candidates.items():
         values = seconds[name]
-        peak = f" {_peak_mib(run, device):.0f} |" if on_gpu else ""
-        lines.append(f"| {name} | {_count(run)} | {statistics.median(values):.2f} "
+        peak = f" {peak_device_mib(run, device):.0f} |" if on_gpu else ""
+        lines.append(f"| {name} | {operators_per_call(run)} | {statistics.median(values):.2f} "
                      f"({min(values):.2f} - {max(values):.2f}) |{peak}")
     return "\n".join(lines)
 
 
-def _peak_mib(function: Callable[[], torch.Tensor], device: torch.device) -> float:
+def peak_device_mib(function: Callable[[], torch.Tensor], device: torch.device) -> float:
     """GPU-ONLY: the most device memory one call holds beyond what was held before, in MiB."""
     import torch
 

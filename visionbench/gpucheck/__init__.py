@@ -16,11 +16,15 @@ loaders, bench/timing.py's latency percentiles):
 3. the same at batch 256, bfloat16, channels_last from generated
    ImageNet-sized JPEGs through ``nvjpeg`` and through CPU decoding, with
    the ratio to synthetic;
-4. inference (bfloat16, channels_last): img/s and latency percentiles at
+4. the nvjpeg backend's train crops of a batch of 256 ImageNet-shaped
+   images on the device, batched (as the backend makes them) and by a loop
+   of F.interpolate calls: img/s of the augmentation alone, operators per
+   batch, peak memory (augmentation.py; bench/augment_ops.py);
+5. inference (bfloat16, channels_last): img/s and latency percentiles at
    batch 1, 64 and 256;
-5. ResNet9 with the DAWNBench recipe's settings on 50,000 synthetic 32 px
+6. ResNet9 with the DAWNBench recipe's settings on 50,000 synthetic 32 px
    images: seconds per epoch and the projected 24 epochs;
-6. model FLOP utilisation of every ResNet50 figure against the device's
+7. model FLOP utilisation of every ResNet50 figure against the device's
    dense bfloat16 peak (machine.py's table; unknown devices: n/a).
 
 OUT_DIR receives ``gpucheck.json`` (a benchmark report under

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..cli import ArgumentParser, RunFailure, UsageError, last_error_line, run_main
-from . import realdata, training
+from . import augmentation, realdata, training
 from .inference import inference_argv, timed_inference
 from .machine import RESNET50_INFER_GFLOP, RESNET50_TRAIN_GFLOP, describe, describe_line
 from .report import SKIPPED, Point, build_report, markdown, write_json
@@ -163,6 +163,14 @@ def _real_data(check: Check, argv: List[str], backend: str) -> dict:
     return training.timed_training(argv)
 
 
+def augmentation_points(check: Check) -> None:
+    command = augmentation.augmentation_command(check.command, check.device, check.sizes)
+    for candidate in augmentation.candidates():
+        check.add(Point("augmentation", f"nvjpeg train crops, {candidate}", check.sizes.train_batches[-1],
+                        "float32", command),
+                  lambda candidate=candidate: augmentation.timed_augmentation(check.device, check.sizes, candidate))
+
+
 def inference_points(check: Check) -> None:
     for batch in check.sizes.inference_batches:
         argv = inference_argv(check.device, batch, check.sizes)
@@ -186,6 +194,7 @@ def plan_points(check: Check) -> None:
     readiness_points(check)
     synthetic_points(check, compiled=False)
     real_data_points(check)
+    augmentation_points(check)
     inference_points(check)
     resnet9_points(check)
     synthetic_points(check, compiled=True)

@@ -23,7 +23,7 @@ TIMED_FIELDS = ("ips", "latency_ms", "timed_images", "timed_iterations", "timed_
 
 @dataclass
 class Point:
-    part: str                     # readiness | synthetic | real data | inference | resnet9
+    part: str                     # readiness | synthetic | real data | augmentation | inference | resnet9
     label: str                    # what varies inside the part, e.g. "bfloat16 channels_last compile"
     batch: int
     dtype: str
