@@ -26,12 +26,13 @@ import numpy as np
 
 from ..cli import ArgumentParser, UsageError, positive_int, run_main
 from ..data.crop_windows import imagenet_draws, imagenet_windows
+from ..gpucheck.machine import RESNET50_TRAIN_GFLOP
 from .compare import in_rotation
 
 if TYPE_CHECKING:   # torch is imported where used: only engines/torch imports it at module level
     import torch
 
-RESNET50_TRAIN_MACS = 12.3e9   # per 224-px image, forward + backward: about 24.5 GFLOP (gpucheck's figure)
+RESNET50_TRAIN_MACS = RESNET50_TRAIN_GFLOP * 1e9 / 2   # per 224-px image, forward + backward
 
 
 def operator_count():
